@@ -1,0 +1,1 @@
+"""A reproducible DVC pipeline that trains LSTM models on IMDB movie reviews."""

@@ -1,0 +1,218 @@
+"""Typed, validated params: one dataclass per section of params.yaml.
+
+Every key is required (params.yaml is the one source of truth), unknown keys are refused,
+and values are coerced by the field's type, because `yaml.safe_load` reads `1e-05`
+(what `dvc exp run -S train.lr=1e-5` writes) as a string.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from pipeline.common import PipelineError
+
+PARAMS_FILE = "params.yaml"
+
+
+def _f(default=dataclasses.MISSING, *, min=None, max=None, gt=None, lt=None, choices=None):
+    """A field with its valid range, checked on load."""
+    meta = {"min": min, "max": max, "gt": gt, "lt": lt, "choices": choices}
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class Source:
+    url: str = _f()  # local path, file:// or http(s):// URL
+    sha256: str = _f()
+    mirrors: list[str] = _f()  # tried in order after url
+
+
+@dataclass
+class DownloadParams:
+    source: str = _f()  # a key of `sources`
+    sources: dict[str, Source] = _f()
+    timeout: float = _f(gt=0)
+    retries: int = _f(min=0, max=20)
+
+
+@dataclass
+class TokenizeParams:
+    valid_fraction: float = _f(gt=0, lt=1)
+    seed: int = _f(min=0)
+    lowercase: bool = _f()
+    max_chars: int = _f(min=100)  # longer reviews are cut before spaCy sees them
+    unsup: bool = _f()  # tokenize train/unsup (only the language model needs it)
+    workers: int = _f(min=0)  # 0 = one per core
+    chunk_size: int = _f(min=1)
+
+
+@dataclass
+class VocabParams:
+    max_size: int = _f(min=10)
+    min_freq: int = _f(min=1)
+    use_unsup: bool = _f()
+
+
+@dataclass
+class TrainParams:
+    seed: int = _f(min=0)
+    embed_dim: int = _f(min=1)
+    hidden: int = _f(min=1)
+    layers: int = _f(min=1, max=8)
+    bidirectional: bool = _f()
+    dropout: float = _f(min=0, lt=1)
+    max_len: int = _f(min=8)  # tokens kept per review: head and tail
+    head_fraction: float = _f(min=0, max=1)
+    batch_size: int = _f(min=1)
+    epochs: int = _f(min=1)
+    lr: float = _f(gt=0)
+    lr_schedule: str = _f(choices=["constant", "cosine", "linear"])  # decay over all steps
+    warmup: float = _f(min=0, lt=1)  # share of steps with a linear warm-up
+    weight_decay: float = _f(min=0)
+    clip: float = _f(min=0)  # 0 = no gradient clipping
+    patience: int = _f(min=1)
+    threads: int = _f(min=0)  # 0 = one per core
+    device: str = _f(choices=["auto", "cpu", "cuda"])
+    resume: bool = _f()  # continue from models/train.resume.pt after an interruption
+
+
+@dataclass
+class EvaluateParams:
+    batch_size: int = _f(min=1)
+    n_mistakes: int = _f(min=0)  # most confident mistakes written for inspection
+
+
+SECTIONS = {
+    "download": DownloadParams,
+    "tokenize": TokenizeParams,
+    "vocab": VocabParams,
+    "train": TrainParams,
+    "evaluate": EvaluateParams,
+}
+
+
+def _check_range(value, meta: dict, key: str) -> None:
+    if meta.get("choices") is not None and value not in meta["choices"]:
+        raise PipelineError(f"{key} must be one of {meta['choices']}, got {value!r}")
+    if meta.get("min") is not None and value < meta["min"]:
+        raise PipelineError(f"{key} must be >= {meta['min']}, got {value!r}")
+    if meta.get("max") is not None and value > meta["max"]:
+        raise PipelineError(f"{key} must be <= {meta['max']}, got {value!r}")
+    if meta.get("gt") is not None and value <= meta["gt"]:
+        raise PipelineError(f"{key} must be > {meta['gt']}, got {value!r}")
+    if meta.get("lt") is not None and value >= meta["lt"]:
+        raise PipelineError(f"{key} must be < {meta['lt']}, got {value!r}")
+
+
+def _coerce(value, tp, key: str):
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    if origin is list:
+        if not isinstance(value, list):
+            raise PipelineError(f"{key} must be a list, got {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise PipelineError(f"{key} must be a mapping, got {value!r}")
+        _, item = typing.get_args(tp)
+        return {str(k): _coerce(v, item, f"{key}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise PipelineError(f"{key} must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise PipelineError(f"{key} must be an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise PipelineError(f"{key} must be an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, bool):
+            raise PipelineError(f"{key} must be a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise PipelineError(f"{key} must be a number, got {value!r}")
+    if tp is str:
+        if value is None:
+            return ""
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise PipelineError(f"{key} must be a string, got {value!r}")
+    raise TypeError(f"unsupported param type {tp} for {key}")  # a bug in this module
+
+
+def _build(cls, data, prefix: str):
+    if not isinstance(data, dict):
+        raise PipelineError(f"{prefix} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise PipelineError(f"unknown key {prefix}.{unknown[0]} (known: {', '.join(fields)})")
+    values = {}
+    for name, f in fields.items():
+        key = f"{prefix}.{name}"
+        if name not in data:
+            raise PipelineError(f"missing key {key}")
+        value = _coerce(data[name], hints[name], key)
+        _check_range(value, f.metadata, key)
+        values[name] = value
+    return cls(**values)
+
+
+def parse_params(raw: dict, sections: dict = SECTIONS) -> dict:
+    """Validate every section of a params mapping; return {section: dataclass}."""
+    if not isinstance(raw, dict):
+        raise PipelineError("params.yaml must be a mapping of sections")
+    unknown = sorted(set(raw) - set(sections))
+    if unknown:
+        raise PipelineError(f"unknown section {unknown[0]} in params.yaml (known: {', '.join(sections)})")
+    missing = [s for s in sections if s not in raw]
+    if missing:
+        raise PipelineError(f"missing section {missing[0]} in params.yaml")
+    parsed = {name: _build(cls, raw[name], name) for name, cls in sections.items()}
+    download = parsed["download"]
+    if download.source not in download.sources:
+        raise PipelineError(
+            f"download.source must be one of {sorted(download.sources)}, got {download.source!r}"
+        )
+    return parsed
+
+
+def load_params(path: str | Path = PARAMS_FILE) -> dict:
+    """Read and validate the whole params file, so a typo anywhere stops a stage before work."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PipelineError(f"{path} not found (run from the project root)") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        line = getattr(getattr(e, "problem_mark", None), "line", None)
+        where = f" at line {line + 1}" if line is not None else ""
+        raise PipelineError(f"{path} is not valid YAML{where}") from None
+    return parse_params(raw)
+
+
+def load_section(name: str, path: str | Path = PARAMS_FILE):
+    return load_params(path)[name]
