@@ -1,0 +1,91 @@
+"""Fixtures: a temporary git+DVC copy of the project with a tiny config, run with real commands."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "data/sample/aclImdb_sample.tar.gz"
+PROJECT_FILES = ["pipeline", "dvc.yaml", "params.yaml", "data/sample", ".dvc/config", ".dvcignore", ".gitignore"]
+
+# Small enough for 2 shared cores; one torch thread, since two collapse when a core is busy.
+TINY = {
+    "tokenize": {"workers": 1},
+    "vocab": {"max_size": 2000},
+    "train": {"embed_dim": 16, "hidden": 16, "max_len": 64, "batch_size": 32, "epochs": 2, "threads": 1, "patience": 2},
+    "evaluate": {"n_mistakes": 5},
+}
+
+
+def env() -> dict:
+    """The test's environment: this venv first on PATH, a git identity, no analytics, no bars."""
+    e = dict(os.environ)
+    e["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{e.get('PATH', '')}"
+    e.update(
+        GIT_AUTHOR_NAME="test", GIT_AUTHOR_EMAIL="test@example.com",
+        GIT_COMMITTER_NAME="test", GIT_COMMITTER_EMAIL="test@example.com",
+        DVC_NO_ANALYTICS="1", CI="true", PYTHONHASHSEED="0",
+    )
+    return e
+
+
+def run(cmd: list[str] | str, cwd: Path, check: bool = True, **kw) -> subprocess.CompletedProcess:
+    """Run a real command; on an unexpected failure show its output in the test report."""
+    p = subprocess.run(cmd, cwd=cwd, env=env(), capture_output=True, text=True, shell=isinstance(cmd, str), **kw)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{cmd} exited {p.returncode}\n--- stdout\n{p.stdout}\n--- stderr\n{p.stderr}")
+    return p
+
+
+def update_params(path: Path, changes: dict) -> None:
+    params = yaml.safe_load(path.read_text())
+    for section, values in changes.items():
+        params.setdefault(section, {}).update(values)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def make_repo(dest: Path, changes: dict | None = None) -> Path:
+    """Copy the project into `dest`, shrink params, and make it a committed git+DVC repo."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in PROJECT_FILES:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+        elif src.exists():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+    update_params(dest / "params.yaml", _merge(TINY, changes or {}))
+    run(["git", "init", "-q", "-b", "main"], dest)
+    run(["dvc", "init", "-q", "-f"], dest)
+    shutil.copy2(ROOT / ".dvc/config", dest / ".dvc/config")  # dvc init rewrites it
+    run(["git", "add", "-A"], dest)
+    run(["git", "commit", "-q", "-m", "init"], dest)
+    return dest
+
+
+def _merge(a: dict, b: dict) -> dict:
+    out = {k: dict(v) for k, v in a.items()}
+    for k, v in b.items():
+        out.setdefault(k, {}).update(v)
+    return out
+
+
+@pytest.fixture
+def repo(tmp_path) -> Path:
+    return make_repo(tmp_path / "repo")
+
+
+@pytest.fixture(scope="session")
+def raw_sample(tmp_path_factory) -> Path:
+    """The bundled sample extracted once: <dir>/aclImdb/..."""
+    d = tmp_path_factory.mktemp("raw")
+    with tarfile.open(SAMPLE) as tar:
+        tar.extractall(d, filter="data")
+    return d

@@ -1,0 +1,61 @@
+"""End to end on the bundled sample, with real `dvc repro`, `dvc exp run` and `dvc metrics diff`."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from conftest import run
+
+
+def digest(path: Path) -> dict[str, str]:
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    return {str(p.relative_to(path.parent)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+def test_repro_then_experiment_reruns_only_train_and_evaluate(repo):
+    first = run(["dvc", "repro"], repo)
+    for stage in ["download", "tokenize", "vocab", "train", "evaluate"]:
+        assert f"Running stage '{stage}'" in first.stdout
+        assert (repo / f"metrics/{stage}.json").is_file()
+    ev = json.loads((repo / "metrics/evaluate.json").read_text())
+    assert set(ev) >= {"loss", "accuracy", "precision", "recall", "f1", "roc_auc", "ece"}
+    for plot in ["confusion", "roc", "precision_recall", "length_accuracy"]:
+        assert (repo / f"plots/evaluate/{plot}.json").is_file()
+    assert (repo / "dvclive/train/plots/metrics/valid/acc.tsv").is_file()
+
+    again = run(["dvc", "repro"], repo)
+    assert "Running stage" not in again.stdout
+
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-q", "-m", "baseline run"], repo)
+    exp = run(["dvc", "exp", "run", "-S", "train.lr=1e-5"], repo)
+    ran = {s for s in ["download", "tokenize", "vocab", "train", "evaluate"] if f"Running stage '{s}'" in exp.stdout}
+    assert ran == {"train", "evaluate"}, exp.stdout
+    assert "lr: 1e-05" in (repo / "params.yaml").read_text()
+
+    diff = json.loads(run(["dvc", "metrics", "diff", "--json"], repo).stdout)
+    changed = diff["metrics/evaluate.json"]
+    assert changed["accuracy"]["old"] != changed["accuracy"]["new"] or changed["loss"]["old"] != changed["loss"]["new"]
+    shown = run(["dvc", "params", "diff", "--json"], repo).stdout
+    assert "train.lr" in shown
+
+
+def test_tokenize_and_vocab_reruns_are_byte_identical(repo):
+    run(["dvc", "repro", "vocab"], repo)
+    before = {**digest(repo / "data/tokens"), **digest(repo / "data/vocab")}
+    run(["dvc", "repro", "--force", "tokenize"], repo)
+    run(["dvc", "repro", "--force", "vocab"], repo)
+    after = {**digest(repo / "data/tokens"), **digest(repo / "data/vocab")}
+    assert before == after
+    status = run(["dvc", "status", "--json"], repo).stdout
+    assert json.loads(status) == {} or "vocab" not in json.loads(status)
+
+
+def test_bad_param_stops_stage_before_work_with_one_line(repo):
+    params = repo / "params.yaml"
+    params.write_text(params.read_text().replace("lr: 0.002", "lr: -1"))
+    p = run(["python", "-m", "pipeline.download"], repo, check=False)
+    assert p.returncode != 0
+    assert p.stderr.strip() == "error: train.lr must be > 0, got -1.0"
+    assert not (repo / "data/raw").exists()
