@@ -20,6 +20,8 @@ class PipelineError(Exception):
 
 def run_main(main: Callable[[], None]) -> None:
     """Run a stage's main(); turn PipelineError into one line on stderr and exit 1."""
+    # Under `dvc repro` stdout is a pipe: flush each line so progress shows as it happens.
+    sys.stdout.reconfigure(line_buffering=True)
     try:
         main()
     except PipelineError as e:
@@ -106,3 +108,16 @@ def seed_everything(seed: int) -> None:
     except ImportError:
         return
     torch.manual_seed(seed)
+
+
+def save_torch(obj, path: str | os.PathLike) -> None:
+    """torch.save, atomically and reproducibly.
+
+    Saved by file name, torch names the zip's inner folder after the file, here a random
+    temporary name, so identical weights would give different bytes. Through a file handle
+    the folder is always "archive".
+    """
+    import torch
+
+    with atomic_file(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)

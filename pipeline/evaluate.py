@@ -8,8 +8,8 @@ import numpy as np
 import torch
 
 from pipeline import data, scoring
-from pipeline.common import PipelineError, atomic_dir, atomic_file, cpu_count, run_main, write_json
-from pipeline.model import build
+from pipeline.common import atomic_dir, atomic_file, cpu_count, run_main, write_json
+from pipeline.model import load_classifier, predict_proba
 from pipeline.params import load_params
 
 VOCAB_DIR = Path("data/vocab")
@@ -19,27 +19,6 @@ METRICS = Path("metrics/evaluate.json")
 PLOTS = Path("plots/evaluate")
 MISTAKES = Path("reports/mistakes.jsonl")
 LENGTH_EDGES = [0, 100, 200, 400, 800]  # review length buckets, in tokens
-
-
-def load_classifier(path: Path = MODEL, device: str = "cpu"):
-    if not path.is_file():
-        raise PipelineError(f"model {path} not found (run the train stage first: dvc repro train)")
-    ckpt = torch.load(path, map_location=device, weights_only=True)
-    model = build(ckpt["config"])
-    model.load_state_dict(ckpt["state_dict"])
-    model.eval()
-    return model, ckpt
-
-
-@torch.no_grad()
-def predict_proba(model, seqs: list[np.ndarray], batch_size: int) -> np.ndarray:
-    """Positive-class probabilities in input order, batched by length for speed."""
-    lengths = np.array([len(s) for s in seqs])
-    probs = np.zeros(len(seqs), dtype=np.float64)
-    for b in data.bucket_batches(lengths, batch_size, None):
-        ids, lens = data.collate([seqs[i] for i in b])
-        probs[b] = torch.sigmoid(model(ids, lens).float()).numpy()
-    return probs
 
 
 def length_accuracy(y: np.ndarray, p: np.ndarray, n_tokens: np.ndarray) -> list[dict]:
@@ -76,7 +55,7 @@ def confident_mistakes(ids: list[str], texts: list[str], y: np.ndarray, p: np.nd
 def main() -> None:
     params = load_params()["evaluate"]
     torch.set_num_threads(cpu_count())
-    model, ckpt = load_classifier()
+    model, ckpt = load_classifier(MODEL)
     seqs, y, ids = data.load_split(VOCAB_DIR / "test.parquet")
     n_tokens = np.array([len(s) for s in seqs])
     seqs = [data.truncate(s, ckpt["max_len"], ckpt["head_fraction"]) for s in seqs]

@@ -1,8 +1,14 @@
 """The sentiment classifier: Embedding -> (bi)LSTM -> masked max+mean pooling -> Linear."""
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import torch
 from torch import nn
+
+from pipeline import data
+from pipeline.common import PipelineError
 
 
 def reverse_padded(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -62,3 +68,24 @@ class Classifier(nn.Module):
 
 def build(config: dict) -> Classifier:
     return Classifier(**config)
+
+
+def load_classifier(path: Path = Path("models/classifier.pt"), device: str = "cpu"):
+    if not path.is_file():
+        raise PipelineError(f"model {path} not found (run the train stage first: dvc repro train)")
+    ckpt = torch.load(path, map_location=device, weights_only=True)
+    model = build(ckpt["config"])
+    model.load_state_dict(ckpt["state_dict"])
+    model.eval()
+    return model, ckpt
+
+
+@torch.no_grad()
+def predict_proba(model, seqs: list[np.ndarray], batch_size: int) -> np.ndarray:
+    """Positive-class probabilities in input order, batched by length for speed."""
+    lengths = np.array([len(s) for s in seqs])
+    probs = np.zeros(len(seqs), dtype=np.float64)
+    for b in data.bucket_batches(lengths, batch_size, None):
+        ids, lens = data.collate([seqs[i] for i in b])
+        probs[b] = torch.sigmoid(model(ids, lens).float()).numpy()
+    return probs

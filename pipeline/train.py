@@ -1,7 +1,8 @@
-"""Stage train: fit the LSTM classifier on train, keep the best-on-valid checkpoint.
+"""Stage train: fit the LSTM classifier on train, keep the best-on-valid weights.
 
 Outputs: models/classifier.pt, metrics/train.json, per-epoch curves in dvclive/train/.
-An interrupted run leaves models/train.resume.pt; with train.resume it carries on from there.
+Each epoch ends with models/train.resume.pt; after an interruption, train.resume carries on
+from it and ends with the same weights an uninterrupted run would have.
 """
 from __future__ import annotations
 
@@ -10,18 +11,20 @@ import dataclasses
 import math
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
 from pipeline import data
-from pipeline.common import PipelineError, atomic_file, cpu_count, run_main, write_json
+from pipeline.common import PipelineError, cpu_count, run_main, save_torch, write_json
 from pipeline.model import Classifier
 from pipeline.params import TrainParams, load_params
 from pipeline.vocab import read_vocab
 
 VOCAB_DIR = Path("data/vocab")
+VECTORS = VOCAB_DIR / "vectors.npy"  # written by the vocab stage when vocab.vectors is set
 MODEL = Path("models/classifier.pt")
 RESUME = Path("models/train.resume.pt")
 METRICS = Path("metrics/train.json")
@@ -35,20 +38,21 @@ def pick_device(name: str) -> torch.device:
 
 
 def autocast(device: torch.device):
-    """bf16 autocast on CUDA (cuDNN LSTM runs it natively); a no-op on CPU."""
+    """bf16 autocast on CUDA where supported, else fp16 (with a grad scaler); off on CPU."""
     if device.type == "cuda":
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.autocast("cuda", dtype=dtype)
     return torch.autocast("cpu", enabled=False)
 
 
-def lr_lambda(schedule: str, warmup: float, total: int):
-    warm = max(1, int(warmup * total))
+def lr_lambda(schedule: str, warmup: float, total: int) -> Callable[[int], float]:
+    """Multiplier of the base lr at each step: linear warm-up, then constant/cosine/linear decay."""
+    warm = int(warmup * total)
 
     def f(step: int) -> float:
-        if step < warm and warmup > 0:
+        if step < warm:
             return (step + 1) / warm
-        progress = min(1.0, (step - warm) / max(1, total - warm)) if warmup > 0 else min(1.0, step / max(1, total))
+        progress = min(1.0, (step - warm) / max(1, total - warm))
         if schedule == "cosine":
             return 0.5 * (1 + math.cos(math.pi * progress))
         if schedule == "linear":
@@ -67,15 +71,17 @@ def run_epoch(model, seqs, labels, batches, device, optimizer=None, scheduler=No
         for b in batches:
             ids, lengths = data.collate([seqs[i] for i in b])
             y = torch.from_numpy(labels[b].astype(np.float32)).to(device)
-            ids = ids.to(device, non_blocking=True)
             with autocast(device):
-                logits = model(ids, lengths).float()
+                logits = model(ids.to(device, non_blocking=True), lengths).float()
             loss = loss_fn(logits, y)
             if optimizer is not None:
                 optimizer.zero_grad(set_to_none=True)
-                (loss / len(b)).backward() if scaler is None else scaler.scale(loss / len(b)).backward()
-                if scaler is not None:
+                mean = loss / len(b)
+                if scaler is not None:  # fp16 only: scale so small gradients survive
+                    scaler.scale(mean).backward()
                     scaler.unscale_(optimizer)
+                else:
+                    mean.backward()
                 if clip > 0:
                     nn.utils.clip_grad_norm_(model.parameters(), clip)
                 if scaler is not None:
@@ -92,103 +98,134 @@ def run_epoch(model, seqs, labels, batches, device, optimizer=None, scheduler=No
 
 
 def signature(params: TrainParams, vocab_size: int, n_train: int) -> dict:
-    """What a resume file must match: the same params and data shape, or it is ignored."""
+    """What a resume file must match (same params and data shape), or it is ignored."""
     sig = dataclasses.asdict(params)
-    sig.pop("resume")
-    sig.pop("threads")
+    for key in ("resume", "threads", "device"):  # settings that do not change the math
+        sig.pop(key)
     return {**sig, "vocab_size": vocab_size, "n_train": n_train}
+
+
+def build_model(params: TrainParams, vocab_size: int, vectors: np.ndarray | None) -> Classifier:
+    torch.manual_seed(params.seed)
+    model = Classifier(vocab_size, params.embed_dim, params.hidden, params.layers, params.bidirectional, params.dropout)
+    if vectors is not None:
+        if vectors.shape != (vocab_size, params.embed_dim):
+            raise PipelineError(
+                f"train.embed_dim must match the pretrained vectors: vectors are {vectors.shape[1]}-d, "
+                f"embed_dim is {params.embed_dim}"
+            )
+        model.embedding.weight.data.copy_(torch.from_numpy(vectors))
+    return model
+
+
+def fit(params: TrainParams, vocab_size: int, train, valid, device: torch.device, resume_path: Path | None = None,
+        vectors: np.ndarray | None = None, log: Callable[[dict], None] | None = None) -> dict:
+    """Train with early stopping on valid loss. `train`/`valid` are (seqs, labels), already truncated.
+
+    With `resume_path`, state is saved there after every epoch and picked up again if it
+    matches these params. Returns the best weights, the per-epoch history and counters.
+    """
+    train_seqs, train_y = train
+    valid_seqs, valid_y = valid
+    train_len = np.array([len(s) for s in train_seqs])
+    valid_batches = data.bucket_batches(np.array([len(s) for s in valid_seqs]), params.batch_size * 4, None)
+
+    model = build_model(params, vocab_size, vectors).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
+    steps_per_epoch = math.ceil(len(train_seqs) / params.batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(params.lr_schedule, params.warmup, steps_per_epoch * params.epochs))
+    scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and not torch.cuda.is_bf16_supported() else None
+
+    sig = signature(params, vocab_size, len(train_seqs))
+    state = {"epoch": 0, "best": None, "best_loss": float("inf"), "best_epoch": 0, "bad_epochs": 0, "history": []}
+    if resume_path is not None and resume_path.is_file():
+        saved = torch.load(resume_path, map_location=device, weights_only=True)
+        if saved.get("signature") == sig:
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            scheduler.load_state_dict(saved["scheduler"])
+            state = saved["state"]
+            print(f"train: resuming after epoch {state['epoch']} from {resume_path}")
+        else:
+            print(f"train: ignoring {resume_path}, it was made with other params")
+    resumed_at = state["epoch"]
+
+    tokens = 0
+    start = time.perf_counter()
+    while state["epoch"] < params.epochs and state["bad_epochs"] < params.patience:
+        epoch = state["epoch"]
+        # Seeds derived from (seed, epoch): a resumed run draws exactly what an uninterrupted one would.
+        torch.manual_seed(params.seed * 1000 + epoch)
+        batches = data.bucket_batches(train_len, params.batch_size, np.random.default_rng([params.seed, epoch]))
+        t0 = time.perf_counter()
+        tr_loss, tr_acc, n = run_epoch(model, train_seqs, train_y, batches, device, optimizer, scheduler, params.clip, scaler)
+        seconds = time.perf_counter() - t0
+        tokens += n
+        va_loss, va_acc, _ = run_epoch(model, valid_seqs, valid_y, valid_batches, device)
+        row = {"epoch": epoch + 1, "train_loss": tr_loss, "train_acc": tr_acc, "valid_loss": va_loss, "valid_acc": va_acc}
+        state["history"].append(row)
+        if va_loss < state["best_loss"]:
+            state.update(best_loss=va_loss, best=copy.deepcopy(model.state_dict()), best_epoch=epoch + 1, bad_epochs=0)
+        else:
+            state["bad_epochs"] += 1
+        state["epoch"] = epoch + 1
+        print(f"epoch {epoch + 1}: train loss {tr_loss:.4f} acc {tr_acc:.4f} | valid loss {va_loss:.4f} acc {va_acc:.4f}"
+              f" | {n / seconds:,.0f} tokens/s")
+        if log:
+            log(row)
+        if resume_path is not None:
+            save_torch({"signature": sig, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(), "state": state}, resume_path)
+    if state["bad_epochs"] >= params.patience:
+        print(f"train: early stop, valid loss has not improved for {params.patience} epochs")
+    return {**state, "model": model, "tokens": tokens, "seconds": time.perf_counter() - start, "resumed_at": resumed_at,
+            "padded_fraction": data.padded_fraction(train_len, data.bucket_batches(train_len, params.batch_size, np.random.default_rng(params.seed)))}
+
+
+def load_data(params: TrainParams, split: str):
+    seqs, labels, _ = data.load_split(VOCAB_DIR / f"{split}.parquet")
+    return [data.truncate(s, params.max_len, params.head_fraction) for s in seqs], labels
 
 
 def main() -> None:
     params: TrainParams = load_params()["train"]
     torch.set_num_threads(params.threads or cpu_count())
     device = pick_device(params.device)
-    itos = read_vocab(VOCAB_DIR / "vocab.tsv") if (VOCAB_DIR / "vocab.tsv").is_file() else None
-    if itos is None:
+    if not (VOCAB_DIR / "vocab.tsv").is_file():
         raise PipelineError(f"{VOCAB_DIR}/vocab.tsv not found (run the vocab stage first)")
-    cut = lambda seqs: [data.truncate(s, params.max_len, params.head_fraction) for s in seqs]  # noqa: E731
-    train_seqs, train_y, _ = data.load_split(VOCAB_DIR / "train.parquet")
-    valid_seqs, valid_y, _ = data.load_split(VOCAB_DIR / "valid.parquet")
-    train_seqs, valid_seqs = cut(train_seqs), cut(valid_seqs)
-    train_len = np.array([len(s) for s in train_seqs])
-    valid_len = np.array([len(s) for s in valid_seqs])
-    valid_batches = data.bucket_batches(valid_len, params.batch_size * 4, None)
-
-    torch.manual_seed(params.seed)
-    model = Classifier(len(itos), params.embed_dim, params.hidden, params.layers, params.bidirectional, params.dropout).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
-    steps_per_epoch = math.ceil(len(train_seqs) / params.batch_size)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda(params.lr_schedule, params.warmup, steps_per_epoch * params.epochs)
-    )
-    use_fp16 = device.type == "cuda" and not torch.cuda.is_bf16_supported()
-    scaler = torch.amp.GradScaler("cuda") if use_fp16 else None
-
-    sig = signature(params, len(itos), len(train_seqs))
-    state = {"epoch": 0, "best": None, "best_loss": float("inf"), "bad_epochs": 0, "history": []}
-    if params.resume and RESUME.is_file():
-        saved = torch.load(RESUME, map_location=device, weights_only=True)
-        if saved.get("signature") == sig:
-            model.load_state_dict(saved["model"])
-            optimizer.load_state_dict(saved["optimizer"])
-            scheduler.load_state_dict(saved["scheduler"])
-            state = saved["state"]
-            print(f"train: resuming after epoch {state['epoch']} from {RESUME}")
-    resumed = state["epoch"] > 0
+    vocab_size = len(read_vocab(VOCAB_DIR / "vocab.tsv"))
+    vectors = np.load(VECTORS) if VECTORS.is_file() else None
+    train, valid = load_data(params, "train"), load_data(params, "valid")
 
     from dvclive import Live
 
-    start = time.perf_counter()
-    train_tokens = 0
-    with Live(LIVE_DIR, dvcyaml=None, save_dvc_exp=False, resume=resumed) as live:
-        for epoch in range(state["epoch"], params.epochs):
-            # Seeds derived from (seed, epoch), so a resumed run draws what an uninterrupted one would.
-            torch.manual_seed(params.seed * 1000 + epoch)
-            rng = np.random.default_rng([params.seed, epoch])
-            batches = data.bucket_batches(train_len, params.batch_size, rng)
-            t0 = time.perf_counter()
-            tr_loss, tr_acc, tokens = run_epoch(
-                model, train_seqs, train_y, batches, device, optimizer, scheduler, params.clip, scaler
-            )
-            train_tokens += tokens
-            va_loss, va_acc, _ = run_epoch(model, valid_seqs, valid_y, valid_batches, device)
-            row = {"epoch": epoch + 1, "train_loss": tr_loss, "train_acc": tr_acc, "valid_loss": va_loss, "valid_acc": va_acc}
-            state["history"].append(row)
+    resume = RESUME if params.resume else None
+    resuming = resume is not None and resume.is_file()
+    with Live(LIVE_DIR, dvcyaml=None, save_dvc_exp=False, resume=resuming) as live:
+        def log(row):
             for k in ("train_loss", "train_acc", "valid_loss", "valid_acc"):
-                live.log_metric(k.replace("_", "/", 1), round(row[k], 6), plot=True)
+                live.log_metric(k.replace("_", "/", 1), round(row[k], 6))
             live.next_step()
-            print(f"epoch {epoch + 1}: train loss {tr_loss:.4f} acc {tr_acc:.4f} | valid loss {va_loss:.4f} "
-                  f"acc {va_acc:.4f} | {tokens / (time.perf_counter() - t0):,.0f} tokens/s")
-            if va_loss < state["best_loss"]:
-                state.update(best_loss=va_loss, best=copy.deepcopy(model.state_dict()), best_epoch=epoch + 1, bad_epochs=0)
-            else:
-                state["bad_epochs"] += 1
-            state["epoch"] = epoch + 1
-            with atomic_file(RESUME) as tmp:
-                torch.save({"signature": sig, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                            "scheduler": scheduler.state_dict(), "state": state}, tmp)
-            if state["bad_epochs"] >= params.patience:
-                print(f"train: early stop, valid loss has not improved for {params.patience} epochs")
-                break
-    elapsed = time.perf_counter() - start
 
-    best = next(r for r in state["history"] if r["epoch"] == state["best_epoch"])
-    with atomic_file(MODEL) as tmp:
-        torch.save({"config": model.config, "state_dict": {k: v.cpu() for k, v in state["best"].items()},
-                    "max_len": params.max_len, "head_fraction": params.head_fraction}, tmp)
+        result = fit(params, vocab_size, train, valid, device, resume, vectors, log)
+
+    best = result["history"][result["best_epoch"] - 1]
+    save_torch({"config": result["model"].config, "state_dict": {k: v.cpu() for k, v in result["best"].items()},
+                "max_len": params.max_len, "head_fraction": params.head_fraction}, MODEL)
     RESUME.unlink(missing_ok=True)
     write_json(METRICS, {
-        "best_epoch": state["best_epoch"],
-        "epochs_run": state["epoch"],
+        "best_epoch": result["best_epoch"],
+        "epochs_run": result["epoch"],
         "valid_loss": round(best["valid_loss"], 6),
         "valid_acc": round(best["valid_acc"], 6),
         "train_loss": round(best["train_loss"], 6),
         "train_acc": round(best["train_acc"], 6),
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "padded_fraction": round(data.padded_fraction(train_len, data.bucket_batches(train_len, params.batch_size, np.random.default_rng(params.seed))), 4),
+        "parameters": sum(p.numel() for p in result["model"].parameters()),
+        "padded_fraction": round(result["padded_fraction"], 4),
     })
-    rate = f", {train_tokens / elapsed:,.0f} train tokens/s" if not resumed else ""
-    print(f"train: best epoch {state['best_epoch']} valid acc {best['valid_acc']:.4f} ({elapsed:.1f}s{rate}, {device})")
+    rate = result["tokens"] / max(result["seconds"], 1e-9)
+    print(f"train: best epoch {result['best_epoch']}, valid acc {best['valid_acc']:.4f} "
+          f"({result['seconds']:.1f}s, {rate:,.0f} train tokens/s, {device})")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,107 @@
+"""Label new reviews with the trained classifier.
+
+    python -m pipeline.predict "A wonderful film." "Two hours I will never get back."
+    echo "Loved it" | python -m pipeline.predict
+    python -m pipeline.predict --file reviews.csv --column review --format csv
+
+Input: texts as arguments, one per line on stdin, or a file (.txt one per line; .csv, .jsonl
+or .parquet with a `text` column). Output: one JSON object (or CSV row) per input, in order.
+The texts go through the tokenize stage's own cleaning and tokenization (pipeline.text).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import data
+from pipeline import text as T
+from pipeline.common import PipelineError, run_main
+from pipeline.model import load_classifier, predict_proba
+from pipeline.params import load_params
+from pipeline.vocab import UNK_ID, read_vocab
+
+
+def read_texts(path: Path, column: str) -> list[str]:
+    """Texts from a .txt/.csv/.jsonl/.parquet file; tabular files must have `column`."""
+    if not path.is_file():
+        raise PipelineError(f"input file not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix in (".txt", ""):
+        return path.read_text(encoding="utf-8", errors="replace").splitlines()
+    import pandas as pd
+
+    try:
+        if suffix == ".csv":
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        elif suffix in (".jsonl", ".ndjson"):
+            frame = pd.read_json(path, lines=True, dtype=False)
+        elif suffix == ".parquet":
+            frame = pd.read_parquet(path)
+        else:
+            raise PipelineError(f"unsupported input file type {suffix!r} (use .txt, .csv, .jsonl or .parquet)")
+    except (ValueError, OSError) as e:
+        raise PipelineError(f"cannot read {path}: {str(e).splitlines()[0]}") from None
+    if column not in frame.columns:
+        raise PipelineError(f"{path} has no column {column!r} (columns: {', '.join(map(str, frame.columns))}); pick one with --column")
+    return ["" if v is None else str(v) for v in frame[column].tolist()]
+
+
+def encode_texts(texts: list[str], itos: list[str], lowercase: bool, max_chars: int) -> list[np.ndarray]:
+    stoi = {t: i for i, t in enumerate(itos)}
+    tokens = T.tokenize(T.load_tokenizer(), [T.clean(t, max_chars) for t in texts], lowercase)
+    return [np.array([stoi.get(t, UNK_ID) for t in toks], dtype=np.int64) for toks in tokens]
+
+
+def predict(texts: list[str], model_path: Path, vocab_path: Path, lowercase: bool, max_chars: int, batch_size: int = 256) -> list[dict]:
+    """[{label, probability}] per text, probability being that of the positive class."""
+    model, ckpt = load_classifier(model_path)
+    if not vocab_path.is_file():
+        raise PipelineError(f"vocab {vocab_path} not found (run the pipeline first: dvc repro)")
+    itos = read_vocab(vocab_path)
+    if len(itos) != ckpt["config"]["vocab_size"]:
+        raise PipelineError(f"{vocab_path} has {len(itos)} entries but the model expects {ckpt['config']['vocab_size']}: rerun dvc repro")
+    seqs = [data.truncate(s, ckpt["max_len"], ckpt["head_fraction"]) for s in encode_texts(texts, itos, lowercase, max_chars)]
+    probs = predict_proba(model, seqs, batch_size)
+    return [{"label": "pos" if p >= 0.5 else "neg", "probability": round(float(p), 6)} for p in probs]
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="imdb-predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("texts", nargs="*", help="review texts; none = read --file or stdin")
+    ap.add_argument("--file", type=Path, help="a .txt, .csv, .jsonl or .parquet file of reviews")
+    ap.add_argument("--column", default="text", help="text column of a tabular file (default: text)")
+    ap.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
+    ap.add_argument("--model", type=Path, default=Path("models/classifier.pt"))
+    ap.add_argument("--vocab", type=Path, default=Path("data/vocab/vocab.tsv"))
+    ap.add_argument("--params", type=Path, default=Path("params.yaml"), help="for the tokenize settings")
+    ap.add_argument("--batch-size", type=int, default=256)
+    args = ap.parse_args(argv)
+
+    if args.texts and args.file:
+        raise PipelineError("give texts as arguments or --file, not both")
+    texts = args.texts or (read_texts(args.file, args.column) if args.file else sys.stdin.read().splitlines())
+    if not texts:
+        raise PipelineError("no input texts (pass them as arguments, on stdin, or with --file)")
+    tok = load_params(args.params)["tokenize"]
+    rows = predict(texts, args.model, args.vocab, tok.lowercase, tok.max_chars, args.batch_size)
+    if args.format == "csv":
+        w = csv.writer(sys.stdout, lineterminator="\n")
+        w.writerow(["label", "probability", "text"])
+        for t, r in zip(texts, rows):
+            w.writerow([r["label"], r["probability"], t])
+    else:
+        for t, r in zip(texts, rows):
+            print(json.dumps({**r, "text": t}, ensure_ascii=False))
+
+
+def cli() -> None:
+    run_main(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,122 @@
+"""Training pieces: padding-correct model, length buckets, and resume after an interruption."""
+from __future__ import annotations
+
+import dataclasses
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline import data
+from pipeline.model import Classifier, reverse_padded
+from pipeline.params import load_params
+from pipeline.train import fit
+from conftest import ROOT, SAMPLE
+
+
+def test_reverse_padded_reverses_within_length_and_is_its_own_inverse():
+    x = torch.tensor([[1, 2, 3, 0, 0], [4, 5, 6, 7, 8], [9, 0, 0, 0, 0]])
+    lengths = torch.tensor([3, 5, 1])
+    r = reverse_padded(x, lengths)
+    assert r.tolist() == [[3, 2, 1, 0, 0], [8, 7, 6, 5, 4], [9, 0, 0, 0, 0]]
+    assert torch.equal(reverse_padded(r, lengths), x)
+
+
+@pytest.mark.parametrize("bidirectional,layers", [(True, 2), (False, 1)])
+def test_prediction_does_not_depend_on_padding(bidirectional, layers):
+    torch.manual_seed(0)
+    model = Classifier(50, 8, 6, layers, bidirectional, 0.0).eval()
+    seq = torch.tensor([[5, 9, 11, 3, 7]])
+    alone = model(seq, torch.tensor([5]))
+    padded = torch.cat([seq, torch.zeros(1, 20, dtype=torch.long)], dim=1)
+    batch = torch.cat([padded, torch.randint(1, 50, (1, 25))])  # next to a longer review
+    together = model(batch, torch.tensor([5, 25]))
+    torch.testing.assert_close(together[0], alone[0], rtol=1e-5, atol=1e-6)
+
+
+def test_empty_review_gives_a_finite_logit():
+    model = Classifier(50, 8, 6, 1, True, 0.0).eval()
+    out = model(torch.zeros(2, 3, dtype=torch.long), torch.tensor([0, 2]))
+    assert torch.isfinite(out).all()
+
+
+def test_truncate_keeps_head_and_tail():
+    seq = np.arange(100)
+    out = data.truncate(seq, 10, 0.3)
+    assert out.tolist() == [0, 1, 2, 93, 94, 95, 96, 97, 98, 99]
+    assert data.truncate(seq[:5], 10, 0.3).tolist() == [0, 1, 2, 3, 4]
+
+
+def sample_lengths() -> np.ndarray:
+    """Word counts of the bundled sample's train reviews, cut at train.max_len."""
+    max_len = load_params(ROOT / "params.yaml")["train"].max_len
+    with tarfile.open(SAMPLE) as tar:
+        lengths = [len(tar.extractfile(m).read().split()) for m in tar if m.isfile() and "/train/" in m.name and "unsup" not in m.name]
+    return np.minimum(np.array(lengths), max_len)
+
+
+def test_length_buckets_cut_padding_on_the_sample():
+    lengths = sample_lengths()
+    assert len(lengths) == 2000
+    rng = np.random.default_rng(0)
+    bucketed = data.padded_fraction(lengths, data.bucket_batches(lengths, 64, rng))
+    shuffled = data.padded_fraction(lengths, np.array_split(rng.permutation(len(lengths)), len(lengths) // 64))
+    assert bucketed < 0.10, bucketed
+    assert shuffled > 0.30, shuffled
+
+
+def test_bucket_batches_cover_every_index_once_and_depend_on_the_seed():
+    lengths = np.random.default_rng(1).integers(1, 300, size=1000)
+    a = data.bucket_batches(lengths, 32, np.random.default_rng(7))
+    assert sorted(np.concatenate(a).tolist()) == list(range(1000))
+    b = data.bucket_batches(lengths, 32, np.random.default_rng(7))
+    c = data.bucket_batches(lengths, 32, np.random.default_rng(8))
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert not all(np.array_equal(x, y) for x, y in zip(a, c))
+
+
+def toy_data(n: int, seed: int):
+    """Reviews of random tokens; positive ones contain token 5. Learnable in a few epochs."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, n)
+    seqs = []
+    for y in labels:
+        s = rng.integers(6, 40, rng.integers(3, 30))
+        if y:
+            s[rng.integers(len(s))] = 5
+        seqs.append(s)
+    return seqs, labels
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path):
+    params = dataclasses.replace(
+        load_params(ROOT / "params.yaml")["train"],
+        embed_dim=8, hidden=8, batch_size=16, epochs=4, patience=5, threads=1, lr=0.03,
+    )
+    torch.set_num_threads(1)
+    train, valid = toy_data(600, 0), toy_data(100, 1)
+    full = fit(params, 40, train, valid, torch.device("cpu"), tmp_path / "a.pt")
+
+    def stop_in_epoch_2(row):
+        if row["epoch"] == 2:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        fit(params, 40, train, valid, torch.device("cpu"), tmp_path / "b.pt", log=stop_in_epoch_2)
+    saved = torch.load(tmp_path / "b.pt", weights_only=True)
+    assert saved["state"]["epoch"] == 1
+    steps = len(data.bucket_batches(np.array([len(s) for s in train[0]]), 16, np.random.default_rng(0)))
+    assert all(s["step"] == steps for s in saved["optimizer"]["state"].values())
+
+    resumed = fit(params, 40, train, valid, torch.device("cpu"), tmp_path / "b.pt")
+    assert resumed["resumed_at"] == 1
+    assert [r["epoch"] for r in resumed["history"]] == [1, 2, 3, 4]
+    assert resumed["history"] == full["history"]
+    for k, v in full["best"].items():
+        assert torch.equal(v, resumed["best"][k]), k
+    assert full["history"][-1]["valid_acc"] > 0.7  # it learned the toy signal
