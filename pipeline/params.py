@@ -86,12 +86,21 @@ class EvaluateParams:
     n_mistakes: int = _f(min=0)  # most confident mistakes written for inspection
 
 
+@dataclass
+class BaselineParams:
+    ngram_max: int = _f(min=1, max=3)
+    min_df: int = _f(min=1)
+    c_grid: list[float] = _f()  # inverse regularisation strengths tried on valid
+    max_iter: int = _f(min=10)
+
+
 SECTIONS = {
     "download": DownloadParams,
     "tokenize": TokenizeParams,
     "vocab": VocabParams,
     "train": TrainParams,
     "evaluate": EvaluateParams,
+    "baseline": BaselineParams,
 }
 
 
