@@ -94,6 +94,13 @@ class BaselineParams:
     max_iter: int = _f(min=10)
 
 
+@dataclass
+class ReportParams:
+    n_mistakes: int = _f(min=0)  # most confident mistakes shown (of evaluate.n_mistakes)
+    n_samples: int = _f(min=0)  # generated samples shown, once a generate stage writes some
+    max_chars: int = _f(min=20)  # longer texts are cut at a word boundary
+
+
 SECTIONS = {
     "download": DownloadParams,
     "tokenize": TokenizeParams,
@@ -101,6 +108,7 @@ SECTIONS = {
     "train": TrainParams,
     "evaluate": EvaluateParams,
     "baseline": BaselineParams,
+    "report": ReportParams,
 }
 
 
