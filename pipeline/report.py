@@ -289,8 +289,11 @@ def _tick_label(t: float) -> str:
 
 def line_chart(title: str, series: dict[str, list[tuple[float, float]]], xlabel: str, ylabel: str,
                x_range: tuple[float, float] | None = None, y_range: tuple[float, float] | None = None,
-               diagonal: bool = False, integer_x: bool = False) -> str:
-    """A small line chart: axes with round ticks, one polyline (plus dots when few points) per series."""
+               diagonal: bool = False, integer_x: bool = False, legend: str = "top") -> str:
+    """A small line chart: axes with round ticks, one polyline (plus dots when few points) per series.
+
+    The legend (only with two or more series) sits at the right, at the "top" or "bottom".
+    """
     pts = [p for s in series.values() for p in s]
     if not pts:
         pts = [(0.0, 0.0), (1.0, 1.0)]
@@ -326,7 +329,9 @@ def line_chart(title: str, series: dict[str, list[tuple[float, float]]], xlabel:
         if 0 < len(s) <= 30:
             for x, y in s:
                 out.append(f'<circle cx="{scale(x, *x_range, left, right):.1f}" cy="{scale(y, *y_range, bottom, top):.1f}" r="3" fill="{color}"/>')
-        ly = top + 14 + 16 * i
+        if len(series) < 2:
+            continue
+        ly = top + 14 + 16 * i if legend == "top" else bottom - 10 - 16 * (len(series) - 1 - i)
         out.append(f'<line x1="{right - 90}" y1="{ly - 4}" x2="{right - 72}" y2="{ly - 4}" stroke="{color}" stroke-width="2"/>')
         out.append(f'<text x="{right - 66}" y="{ly}">{html.escape(name)}</text>')
     out.append(f'<text x="{(left + right) / 2:.0f}" y="{H - 8}" text-anchor="middle">{html.escape(xlabel)}</text>')
@@ -337,7 +342,7 @@ def line_chart(title: str, series: dict[str, list[tuple[float, float]]], xlabel:
 
 def confusion_svg(title: str, m: list[list[int]], labels=("negative", "positive")) -> str:
     """A 2x2 heat map: counts and the share of each actual class, darker for more."""
-    size, left, top = 110, 150, 60
+    size, left, top = 110, 120, 72
     width, height = left + 2 * size + 30, top + 2 * size + 50
     out = _svg_open(title, width, height)
     peak = max(max(r) for r in m) or 1
@@ -354,8 +359,9 @@ def confusion_svg(title: str, m: list[list[int]], labels=("negative", "positive"
             out.append(f'<text x="{x + size / 2:.0f}" y="{y + size / 2 + 20:.0f}" text-anchor="middle" fill="{ink}">{100 * v / row_total:.1f}%</text>')
         out.append(f'<text x="{left - 8}" y="{top + i * size + size / 2 + 4:.0f}" text-anchor="end">{labels[i]}</text>')
         out.append(f'<text x="{left + i * size + size / 2:.0f}" y="{top - 8}" text-anchor="middle">{labels[i]}</text>')
-    out.append(f'<text x="{left + size}" y="{top - 26}" text-anchor="middle" font-weight="bold">predicted</text>')
-    out.append(f'<text x="{left - 8}" y="{top - 8}" text-anchor="end" font-weight="bold">actual</text>')
+    out.append(f'<text x="{left + size}" y="{top - 28}" text-anchor="middle" font-weight="bold">predicted</text>')
+    mid = top + size
+    out.append(f'<text x="22" y="{mid}" text-anchor="middle" font-weight="bold" transform="rotate(-90 22 {mid})">actual</text>')
     out.append(f'<text x="{width / 2:.0f}" y="{height - 14}" text-anchor="middle" fill="#555">% of the actual class</text>')
     out.append("</svg>")
     return "\n".join(out) + "\n"
@@ -366,17 +372,17 @@ def bar_chart(title: str, bars: list[tuple[str, float, str]], xlabel: str) -> st
     left, right, top, bar = 90, W - 70, 40, 26
     height = top + len(bars) * (bar + 8) + 40
     out = _svg_open(title, W, height)
+    axis_y = top + len(bars) * (bar + 8)
+    for t in (0, 0.25, 0.5, 0.75, 1.0):
+        x = scale(t, 0, 1, left, right)
+        out.append(f'<line x1="{x:.1f}" y1="{top - 4}" x2="{x:.1f}" y2="{axis_y}" stroke="#e5e5e5"/>')
+        out.append(f'<text x="{x:.1f}" y="{axis_y + 14}" text-anchor="middle" fill="#555">{_tick_label(t)}</text>')
     for i, (label, value, note) in enumerate(bars):
         y = top + i * (bar + 8)
         w = max(0.0, min(1.0, value)) * (right - left)
         out.append(f'<text x="{left - 8}" y="{y + bar / 2 + 4:.0f}" text-anchor="end">{html.escape(label)}</text>')
         out.append(f'<rect x="{left}" y="{y}" width="{w:.1f}" height="{bar}" fill="{COLORS[0]}"/>')
         out.append(f'<text x="{left + w + 6:.1f}" y="{y + bar / 2 + 4:.0f}" fill="#333">{fmt(value, 3)} {html.escape(note)}</text>')
-    axis_y = top + len(bars) * (bar + 8)
-    for t in (0, 0.25, 0.5, 0.75, 1.0):
-        x = scale(t, 0, 1, left, right)
-        out.append(f'<line x1="{x:.1f}" y1="{top - 4}" x2="{x:.1f}" y2="{axis_y}" stroke="#e5e5e5"/>')
-        out.append(f'<text x="{x:.1f}" y="{axis_y + 14}" text-anchor="middle" fill="#555">{_tick_label(t)}</text>')
     out.append(f'<text x="{(left + right) / 2:.0f}" y="{axis_y + 32}" text-anchor="middle">{html.escape(xlabel)}</text>')
     out.append("</svg>")
     return "\n".join(out) + "\n"
@@ -424,7 +430,7 @@ def inline_html(text: str) -> str:
     return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", s)
 
 
-CSS = """body{font-family:-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;color:#1f2328;line-height:1.5}
+CSS = """body{font-family:-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;max-width:1040px;margin:2em auto;padding:0 1em;color:#1f2328;line-height:1.5}
 h1,h2{border-bottom:1px solid #d0d7de;padding-bottom:.3em}
 table{border-collapse:collapse;margin:1em 0;font-size:14px}
 th,td{border:1px solid #d0d7de;padding:4px 10px;vertical-align:top}
@@ -432,7 +438,7 @@ th{background:#f6f8fa}
 td.num{text-align:right;font-variant-numeric:tabular-nums}
 td.text{max-width:560px}
 code{background:#f6f8fa;padding:1px 4px;border-radius:4px;font-size:90%}
-figure{display:inline-block;margin:.5em 1em .5em 0;vertical-align:top}
+figure{display:inline-block;margin:.5em .5em .5em 0;vertical-align:top}
 figure svg{border:1px solid #d0d7de;max-width:100%;height:auto}"""
 
 
@@ -515,7 +521,8 @@ def build_report(inputs: dict, params) -> tuple[list[tuple], dict[str, str]]:
             series = {split: curves.get((split, metric), []) for split in ("train", "valid")}
             if any(series.values()):
                 name = f"train_{metric}.svg"
-                svgs[name] = line_chart(f"LSTM {label} per epoch", series, "epoch", label, integer_x=True)
+                svgs[name] = line_chart(f"LSTM {label} per epoch", series, "epoch", label, integer_x=True,
+                                        legend="top" if metric == "loss" else "bottom")
                 blocks.append(("img", f"LSTM {label} per epoch", name))
         epochs = sorted({x for s in curves.values() for x, _ in s})
         keys = [(s, m) for m in ("loss", "acc") for s in ("train", "valid")]
@@ -527,6 +534,8 @@ def build_report(inputs: dict, params) -> tuple[list[tuple], dict[str, str]]:
     confusion = inputs.get("confusion")
     if confusion:
         m = confusion_counts(confusion)
+        blocks.append(("table", ["actual / predicted", "negative", "positive"],
+                       [["negative", str(m[0][0]), str(m[0][1])], ["positive", str(m[1][0]), str(m[1][1])]]))
         svgs["confusion.svg"] = confusion_svg("Confusion matrix (test)", m)
         blocks.append(("img", "Confusion matrix", "confusion.svg"))
     lstm = inputs["models"].get("LSTM classifier") or {}
@@ -543,9 +552,6 @@ def build_report(inputs: dict, params) -> tuple[list[tuple], dict[str, str]]:
         bars = [(r["length"], r["accuracy"], f"({r['reviews']} reviews)") for r in inputs["length"]]
         svgs["length_accuracy.svg"] = bar_chart("Accuracy by review length (tokens)", bars, "accuracy")
         blocks.append(("img", "Accuracy by review length", "length_accuracy.svg"))
-    if confusion:
-        blocks.append(("table", ["actual / predicted", "negative", "positive"],
-                       [["negative", str(m[0][0]), str(m[0][1])], ["positive", str(m[1][0]), str(m[1][1])]]))
 
     samples = inputs.get("samples") or []
     if samples:

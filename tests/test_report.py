@@ -1,0 +1,152 @@
+"""The report stage: built by a real `dvc repro` on the sample run, plus its pure functions."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from conftest import make_repo, run, update_params
+from pipeline import report
+
+PLOTS = {"train_loss.svg", "train_acc.svg", "confusion.svg", "roc.svg", "precision_recall.svg", "length_accuracy.svg"}
+PARAMS = SimpleNamespace(n_mistakes=2, n_samples=2, max_chars=40)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> Path:
+    """The sample run with the tiny config, repro'd once (every stage, report last)."""
+    repo = make_repo(tmp_path_factory.mktemp("report") / "repo", {"baseline": {"c_grid": [10.0]}})
+    out = run(["dvc", "repro"], repo)
+    assert "Running stage 'report'" in out.stdout
+    return repo
+
+
+def linked_plots(md: str) -> list[str]:
+    return re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+
+
+def test_report_names_every_metric_and_links_every_plot(built):
+    md = (built / "reports/report.md").read_text()
+    page = (built / "reports/report.html").read_text()
+    for name in ["evaluate", "baseline"]:
+        metrics = json.loads((built / f"metrics/{name}.json").read_text())
+        for key in metrics:
+            assert f"| {key} |" in md, key
+            assert f"<td>{key}</td>" in page, key
+    links = linked_plots(md)
+    assert {Path(link).name for link in links} == PLOTS
+    svgs = sorted((built / "reports/plots").glob("*.svg"))
+    assert {p.name for p in svgs} == PLOTS  # nothing written that is not linked
+    for link in links:
+        assert (built / "reports" / link).is_file(), link
+    for svg in svgs:
+        ET.fromstring(svg.read_text())  # well-formed
+        assert svg.read_text().strip() in page, svg.name
+    assert "Language model" in md and "no previous commit to compare" in md  # absent LM, nothing at HEAD
+    assert "Most confident mistakes" in md and "Generated samples" not in md
+    assert "<script" not in page and "http://" not in page.replace("http://www.w3.org/2000/svg", "")
+
+
+def test_report_is_deterministic_and_up_to_date(built):
+    before = {p: p.read_bytes() for p in sorted((built / "reports").rglob("*")) if p.is_file()}
+    run(["python", "-m", "pipeline.report"], built)
+    after = {p: p.read_bytes() for p in sorted((built / "reports").rglob("*")) if p.is_file()}
+    assert before == after
+    assert "report" not in run(["dvc", "status", "--json"], built).stdout
+
+
+def test_report_diffs_metrics_and_params_against_head(built, tmp_path):
+    repo = tmp_path / "repo"
+    shutil.copytree(built, repo, symlinks=True)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-q", "-m", "sample run"], repo)
+    update_params(repo / "params.yaml", {"report": {"max_chars": 100}})
+    out = run(["dvc", "repro"], repo)
+    assert re.findall(r"Running stage '(\w+)'", out.stdout) == ["report"]
+    md = (repo / "reports/report.md").read_text()
+    assert "No metric changed." in md
+    assert "| params.yaml | report.max_chars | 300 | 100 | -200 |" in md
+
+
+# ---------------------------------------------------------------- pure functions
+
+
+def test_diff_rows_changed_new_and_removed_keys():
+    old = {"accuracy": 0.5, "loss": 0.7, "gone": 1, "same": 3, "nested": {"a": 1}}
+    new = {"accuracy": 0.55, "loss": 0.65, "added": 2, "same": 3, "nested": {"a": 2}, "name": "x"}
+    assert report.diff_rows("m.json", old, new) == [
+        ["m.json", "accuracy", "0.5", "0.55", "+0.05"],
+        ["m.json", "added", "—", "2", "—"],
+        ["m.json", "gone", "1", "—", "—"],
+        ["m.json", "loss", "0.7", "0.65", "-0.05"],
+        ["m.json", "name", "—", "x", "—"],
+        ["m.json", "nested.a", "1", "2", "+1"],
+    ]
+    assert report.diff_rows("m.json", old, old) == []
+    assert ["m.json", "same", "3", "3", "0"] in report.diff_rows("m.json", old, new, all_rows=True)
+    assert [r[1] for r in report.diff_rows("m.json", None, {"x": 1})] == ["x"]
+
+
+def test_polyline_points_for_a_tiny_series():
+    pts = report.polyline_points([(0, 0), (1, 1), (2, 0.5)], (0, 2), (0, 1), (10, 10, 110, 60))
+    assert pts == "10.0,60.0 60.0,10.0 110.0,35.0"
+    svg = report.line_chart("t", {"train": [(1, 0.7), (2, 0.6)], "valid": [(1, 0.69), (2, 0.65)]}, "epoch", "loss")
+    root = ET.fromstring(svg)
+    lines = root.findall("{http://www.w3.org/2000/svg}polyline")
+    assert len(lines) == 2 and all(len(p.get("points").split()) == 2 for p in lines)
+    one = report.line_chart("one epoch", {"train": [(1, 0.5)]}, "epoch", "acc")
+    assert "<circle" in one  # a single point still shows
+
+
+def test_side_by_side_puts_shared_names_first_and_dashes_the_missing():
+    header, rows = report.side_by_side({"A": {"accuracy": 0.9, "C": 10.0}, "B": {"accuracy": 0.8, "perplexity": 42.5}})
+    assert header == ["Metric", "A", "B"]
+    assert rows == [["accuracy", "0.9", "0.8"], ["perplexity", "—", "42.5"], ["C", "10", "—"]]
+
+
+def test_small_helpers():
+    assert report.truncate("one two three four", 12) == "one two …"
+    assert report.truncate("short", 12) == "short"
+    assert report.confusion_counts([{"actual": 0, "predicted": 1}, {"actual": 1, "predicted": 1}]) == [[0, 1], [0, 1]]
+    assert report.fmt(1e-5) == "1e-05" and report.fmt(2000) == "2000" and report.fmt(None) == "—"
+    assert report.nice_ticks(0, 1) == [0, 0.25, 0.5, 0.75, 1.0]
+    assert report.md_cell("a|b <br> roc_auc *x*") == "a\\|b \\<br\\> roc_auc \\*x\\*"
+
+
+def test_previous_metrics_without_git_history(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert report.head_commit() is None and report.previous_json(Path("metrics/evaluate.json")) is None  # not a repo
+    run(["git", "init", "-q"], tmp_path)
+    assert report.head_commit() is None  # no commits
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics/evaluate.json").write_text('{"accuracy": 0.5}')
+    (tmp_path / "x").write_text("x")
+    run(["git", "add", "x"], tmp_path)
+    run(["git", "commit", "-q", "-m", "x"], tmp_path)
+    assert report.head_commit() and report.previous_json(Path("metrics/evaluate.json")) is None  # absent at HEAD
+    run(["git", "add", "metrics"], tmp_path)
+    run(["git", "commit", "-q", "-m", "m"], tmp_path)
+    assert report.previous_json(Path("metrics/evaluate.json")) == {"accuracy": 0.5}
+
+
+def minimal_inputs(**extra) -> dict:
+    models = {"LSTM classifier": {"accuracy": 0.7}, "Baseline (TF-IDF + LR)": {"accuracy": 0.85}, "Language model": None}
+    return {"models": models, "commit": None, "mistakes": [{"id": "t/1", "label": 0, "p_positive": 0.99,
+                                                            "text": "<script>alert(1)</script> | a very long review " * 5}], **extra}
+
+
+def test_build_report_escapes_text_and_shows_samples_only_when_present():
+    blocks, svgs = report.build_report(minimal_inputs(), PARAMS)
+    md, page = report.to_markdown(blocks, "plots"), report.to_html(blocks, svgs, "r")
+    assert svgs == {} and "Generated samples" not in md
+    assert "<script>" not in page and "&lt;script&gt;" in page
+    assert "\\<script\\>" in md and "\\|" in md
+    assert "Not in this run: Language model." in md
+    blocks, _ = report.build_report(minimal_inputs(samples=[{"prompt": "the film", "text": "was great"}, "bare", "third"]), PARAMS)
+    md = report.to_markdown(blocks, "plots")
+    assert "## Generated samples" in md and "| the film | was great |" in md and "third" not in md
