@@ -232,7 +232,7 @@ def sample_rows(samples: list, n: int, max_chars: int) -> list[list[str]]:
 # ---------------------------------------------------------------- pure: SVG
 
 W, H = 480, 300
-MARGIN = {"left": 56, "right": 16, "top": 32, "bottom": 44}
+MARGIN = {"left": 56, "right": 16, "top": 48, "bottom": 44}  # the legend sits in the top margin
 COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728"]
 FONT = 'font-family="Helvetica,Arial,sans-serif"'
 
@@ -289,10 +289,10 @@ def _tick_label(t: float) -> str:
 
 def line_chart(title: str, series: dict[str, list[tuple[float, float]]], xlabel: str, ylabel: str,
                x_range: tuple[float, float] | None = None, y_range: tuple[float, float] | None = None,
-               diagonal: bool = False, integer_x: bool = False, legend: str = "top") -> str:
+               diagonal: bool = False, integer_x: bool = False) -> str:
     """A small line chart: axes with round ticks, one polyline (plus dots when few points) per series.
 
-    The legend (only with two or more series) sits at the right, at the "top" or "bottom".
+    The legend (only with two or more series) is a row above the plot, where no curve can hide it.
     """
     pts = [p for s in series.values() for p in s]
     if not pts:
@@ -331,9 +331,9 @@ def line_chart(title: str, series: dict[str, list[tuple[float, float]]], xlabel:
                 out.append(f'<circle cx="{scale(x, *x_range, left, right):.1f}" cy="{scale(y, *y_range, bottom, top):.1f}" r="3" fill="{color}"/>')
         if len(series) < 2:
             continue
-        ly = top + 14 + 16 * i if legend == "top" else bottom - 10 - 16 * (len(series) - 1 - i)
-        out.append(f'<line x1="{right - 90}" y1="{ly - 4}" x2="{right - 72}" y2="{ly - 4}" stroke="{color}" stroke-width="2"/>')
-        out.append(f'<text x="{right - 66}" y="{ly}">{html.escape(name)}</text>')
+        lx, ly = right - 80 * (len(series) - i), top - 10
+        out.append(f'<line x1="{lx}" y1="{ly - 4}" x2="{lx + 18}" y2="{ly - 4}" stroke="{color}" stroke-width="2"/>')
+        out.append(f'<text x="{lx + 24}" y="{ly}">{html.escape(name)}</text>')
     out.append(f'<text x="{(left + right) / 2:.0f}" y="{H - 8}" text-anchor="middle">{html.escape(xlabel)}</text>')
     out.append(f'<text x="14" y="{(top + bottom) / 2:.0f}" text-anchor="middle" transform="rotate(-90 14 {(top + bottom) / 2:.0f})">{html.escape(ylabel)}</text>')
     out.append("</svg>")
@@ -521,8 +521,7 @@ def build_report(inputs: dict, params) -> tuple[list[tuple], dict[str, str]]:
             series = {split: curves.get((split, metric), []) for split in ("train", "valid")}
             if any(series.values()):
                 name = f"train_{metric}.svg"
-                svgs[name] = line_chart(f"LSTM {label} per epoch", series, "epoch", label, integer_x=True,
-                                        legend="top" if metric == "loss" else "bottom")
+                svgs[name] = line_chart(f"LSTM {label} per epoch", series, "epoch", label, integer_x=True)
                 blocks.append(("img", f"LSTM {label} per epoch", name))
         epochs = sorted({x for s in curves.values() for x, _ in s})
         keys = [(s, m) for m in ("loss", "acc") for s in ("train", "valid")]

@@ -12,6 +12,7 @@ import pytest
 
 from conftest import make_repo, run, update_params
 from pipeline import report
+from pipeline.common import PipelineError
 
 PLOTS = {"train_loss.svg", "train_acc.svg", "confusion.svg", "roc.svg", "precision_recall.svg", "length_accuracy.svg"}
 PARAMS = SimpleNamespace(n_mistakes=2, n_samples=2, max_chars=40)
@@ -109,13 +110,16 @@ def test_side_by_side_puts_shared_names_first_and_dashes_the_missing():
     assert rows == [["accuracy", "0.9", "0.8"], ["perplexity", "—", "42.5"], ["C", "10", "—"]]
 
 
-def test_small_helpers():
+def test_small_helpers(tmp_path, monkeypatch):
     assert report.truncate("one two three four", 12) == "one two …"
     assert report.truncate("short", 12) == "short"
     assert report.confusion_counts([{"actual": 0, "predicted": 1}, {"actual": 1, "predicted": 1}]) == [[0, 1], [0, 1]]
     assert report.fmt(1e-5) == "1e-05" and report.fmt(2000) == "2000" and report.fmt(None) == "—"
     assert report.nice_ticks(0, 1) == [0, 0.25, 0.5, 0.75, 1.0]
     assert report.md_cell("a|b <br> roc_auc *x*") == "a\\|b \\<br\\> roc_auc \\*x\\*"
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(PipelineError, match="metrics/evaluate.json not found"):
+        report.read_json(Path("metrics/evaluate.json"), required=True)
 
 
 def test_previous_metrics_without_git_history(tmp_path, monkeypatch):
