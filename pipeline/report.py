@@ -470,69 +470,69 @@ def to_html(blocks: list[tuple], svgs: dict[str, str], title: str) -> str:
     return "\n".join(out) + "\n"
 
 
-def build_report(inputs: dict, params) -> tuple[list[tuple], dict[str, str]]:
-    """The report's blocks and its SVG files {name: text}, from already-read inputs (see read_inputs)."""
-    blocks: list[tuple] = [("h", 1, "Run report")]
-    svgs: dict[str, str] = {}
+def metrics_section(inputs: dict) -> list[tuple]:
     models = {name: m for name, m in inputs["models"].items() if m is not None}
     absent = [name for name, m in inputs["models"].items() if m is None]
     sources = ", ".join(f"`{MODELS[n].as_posix()}`" for n in models)
-    blocks.append(("p", f"Test-set metrics of each model on the same tokens and splits, from {sources}."
-                   + (f" Not in this run: {', '.join(absent)}." if absent else "")))
-    header, rows = side_by_side(models)
-    blocks.append(("table", header, rows))
+    blocks = [("p", f"Test-set metrics of each model on the same tokens and splits, from {sources}."
+               + (f" Not in this run: {', '.join(absent)}." if absent else "")),
+              ("table", *side_by_side(models))]
     train = inputs.get("train")
     if train:
         blocks.append(("p", f"LSTM training: best epoch {fmt(train.get('best_epoch'))} of {fmt(train.get('epochs_run'))}, "
                        f"{fmt(train.get('parameters'))} parameters (`{TRAIN_METRICS.as_posix()}`)."))
+    return blocks
 
-    blocks.append(("h", 2, "Change against the last commit"))
-    commit = inputs.get("commit")
-    previous = inputs.get("previous") or {}
-    if commit is None or not any(v is not None for v in previous.values()):
-        blocks.append(("p", f"Metrics: {NO_PREVIOUS}."))
-    else:
-        drows, unchanged = [], 0
-        for path, new in inputs["current"].items():
-            old = previous.get(path)
-            if old is None and new is None:
-                continue
-            drows += diff_rows(path, old, new)
-            unchanged += len(diff_rows(path, old, new, all_rows=True)) - len(diff_rows(path, old, new))
-        blocks.append(("p", f"Metrics against HEAD (`{commit}`), as `dvc metrics diff --md` shows them; "
-                       f"{unchanged} unchanged not shown."))
-        if drows:
-            blocks.append(("table", ["Path", "Metric", "HEAD", "workspace", "Change"], drows))
-        else:
-            blocks.append(("p", "No metric changed."))
-        prows = diff_rows(PARAMS_FILE, inputs.get("previous_params"), inputs.get("params"))
-        if inputs.get("previous_params") is None:
-            blocks.append(("p", f"Params: `{PARAMS_FILE}` is not in HEAD, {NO_PREVIOUS}."))
-        elif prows:
-            blocks.append(("p", "Params changed:"))
-            blocks.append(("table", ["Path", "Param", "HEAD", "workspace", "Change"], prows))
-        else:
-            blocks.append(("p", "No param changed."))
 
-    curves = inputs.get("curves") or {}
-    if any(curves.values()):
-        blocks.append(("h", 2, "Training curves"))
-        for metric, label in (("loss", "loss"), ("acc", "accuracy")):
-            series = {split: curves.get((split, metric), []) for split in ("train", "valid")}
-            if any(series.values()):
-                name = f"train_{metric}.svg"
-                svgs[name] = line_chart(f"LSTM {label} per epoch", series, "epoch", label, integer_x=True)
-                blocks.append(("img", f"LSTM {label} per epoch", name))
-        epochs = sorted({x for s in curves.values() for x, _ in s})
-        keys = [(s, m) for m in ("loss", "acc") for s in ("train", "valid")]
-        lookup = {k: dict(curves.get(k, [])) for k in keys}
-        blocks.append(("table", ["epoch"] + [f"{s} {m}" for s, m in keys],
-                       [[fmt(e)] + [fmt(lookup[k].get(e)) for k in keys] for e in epochs]))
+def diff_section(inputs: dict) -> list[tuple]:
+    """Metrics (changed only, like `dvc metrics diff`) and params against HEAD."""
+    blocks: list[tuple] = [("h", 2, "Change against the last commit")]
+    commit, previous = inputs.get("commit"), inputs.get("previous") or {}
+    if commit is None or all(v is None for v in previous.values()):
+        return blocks + [("p", f"Metrics: {NO_PREVIOUS}.")]
+    rows, unchanged = [], 0
+    for path, new in inputs["current"].items():
+        old = previous.get(path)
+        if old is not None or new is not None:
+            rows += diff_rows(path, old, new)
+            unchanged += sum(r[2] == r[3] for r in diff_rows(path, old, new, all_rows=True))
+    blocks.append(("p", f"Metrics against HEAD (`{commit}`), as `dvc metrics diff --md` shows them; "
+                   f"{unchanged} unchanged not shown."))
+    blocks.append(("table", ["Path", "Metric", "HEAD", "workspace", "Change"], rows) if rows else ("p", "No metric changed."))
+    if inputs.get("previous_params") is None:
+        return blocks + [("p", f"Params: `{PARAMS_FILE}` is not in HEAD, {NO_PREVIOUS}.")]
+    prows = diff_rows(PARAMS_FILE, inputs["previous_params"], inputs.get("params"))
+    if not prows:
+        return blocks + [("p", "No param changed.")]
+    return blocks + [("p", "Params changed:"), ("table", ["Path", "Param", "HEAD", "workspace", "Change"], prows)]
 
-    blocks.append(("h", 2, "Classifier on the test set"))
-    confusion = inputs.get("confusion")
-    if confusion:
-        m = confusion_counts(confusion)
+
+def curves_section(curves: dict) -> tuple[list[tuple], dict[str, str]]:
+    """Loss and accuracy per epoch, train and valid: two charts and the numbers behind them."""
+    if not any(curves.values()):
+        return [], {}
+    blocks: list[tuple] = [("h", 2, "Training curves")]
+    svgs = {}
+    for metric, label in (("loss", "loss"), ("acc", "accuracy")):
+        series = {split: curves.get((split, metric), []) for split in ("train", "valid")}
+        if any(series.values()):
+            name = f"train_{metric}.svg"
+            svgs[name] = line_chart(f"LSTM {label} per epoch", series, "epoch", label, integer_x=True)
+            blocks.append(("img", f"LSTM {label} per epoch", name))
+    epochs = sorted({x for s in curves.values() for x, _ in s})
+    keys = [(s, m) for m in ("loss", "acc") for s in ("train", "valid")]
+    lookup = {k: dict(curves.get(k, [])) for k in keys}
+    blocks.append(("table", ["epoch"] + [f"{s} {m}" for s, m in keys],
+                   [[fmt(e)] + [fmt(lookup[k].get(e)) for k in keys] for e in epochs]))
+    return blocks, svgs
+
+
+def classifier_section(inputs: dict) -> tuple[list[tuple], dict[str, str]]:
+    """The classifier's confusion matrix (as a table too), ROC, precision-recall, accuracy by length."""
+    blocks: list[tuple] = [("h", 2, "Classifier on the test set")]
+    svgs = {}
+    if inputs.get("confusion"):
+        m = confusion_counts(inputs["confusion"])
         blocks.append(("table", ["actual / predicted", "negative", "positive"],
                        [["negative", str(m[0][0]), str(m[0][1])], ["positive", str(m[1][0]), str(m[1][1])]]))
         svgs["confusion.svg"] = confusion_svg("Confusion matrix (test)", m)
@@ -551,23 +551,37 @@ def build_report(inputs: dict, params) -> tuple[list[tuple], dict[str, str]]:
         bars = [(r["length"], r["accuracy"], f"({r['reviews']} reviews)") for r in inputs["length"]]
         svgs["length_accuracy.svg"] = bar_chart("Accuracy by review length (tokens)", bars, "accuracy")
         blocks.append(("img", "Accuracy by review length", "length_accuracy.svg"))
+    return (blocks if len(blocks) > 1 else []), svgs
 
-    samples = inputs.get("samples") or []
-    if samples:
-        blocks.append(("h", 2, "Generated samples"))
-        blocks.append(("p", f"The first {min(len(samples), params.n_samples)} of `{SAMPLES.as_posix()}`."))
-        blocks.append(("table", ["prompt", "generated"], sample_rows(samples, params.n_samples, params.max_chars)))
 
-    mistakes = inputs.get("mistakes") or []
-    if mistakes and params.n_mistakes:
-        shown = mistakes[: params.n_mistakes]
-        blocks.append(("h", 2, "Most confident mistakes"))
-        blocks.append(("p", f"The {len(shown)} test reviews the classifier got wrong with the most confidence "
-                       f"(of {len(mistakes)} in `{MISTAKES.as_posix()}`), cut to {params.max_chars} characters."))
-        blocks.append(("table", ["id", "label", "P(positive)", "review"],
-                       [[m.get("id", ""), {0: "negative", 1: "positive"}.get(m.get("label"), str(m.get("label"))),
-                         fmt(m.get("p_positive")), truncate(m.get("text", ""), params.max_chars)] for m in shown]))
-    return blocks, svgs
+def samples_section(samples: list, params) -> list[tuple]:
+    if not samples or not params.n_samples:
+        return []
+    return [("h", 2, "Generated samples"),
+            ("p", f"The first {min(len(samples), params.n_samples)} of `{SAMPLES.as_posix()}`."),
+            ("table", ["prompt", "generated"], sample_rows(samples, params.n_samples, params.max_chars))]
+
+
+def mistakes_section(mistakes: list[dict], params) -> list[tuple]:
+    if not mistakes or not params.n_mistakes:
+        return []
+    shown = mistakes[: params.n_mistakes]
+    label = {0: "negative", 1: "positive"}
+    return [("h", 2, "Most confident mistakes"),
+            ("p", f"The {len(shown)} test reviews the classifier got wrong with the most confidence "
+                  f"(of {len(mistakes)} in `{MISTAKES.as_posix()}`), cut to {params.max_chars} characters."),
+            ("table", ["id", "label", "P(positive)", "review"],
+             [[m.get("id", ""), label.get(m.get("label"), str(m.get("label"))), fmt(m.get("p_positive")),
+               truncate(m.get("text", ""), params.max_chars)] for m in shown])]
+
+
+def build_report(inputs: dict, params) -> tuple[list[tuple], dict[str, str]]:
+    """The report's blocks and its SVG files {name: text}, from already-read inputs (see read_inputs)."""
+    curves, curve_svgs = curves_section(inputs.get("curves") or {})
+    classifier, test_svgs = classifier_section(inputs)
+    blocks = [("h", 1, "Run report"), *metrics_section(inputs), *diff_section(inputs), *curves, *classifier,
+              *samples_section(inputs.get("samples") or [], params), *mistakes_section(inputs.get("mistakes") or [], params)]
+    return blocks, {**curve_svgs, **test_svgs}
 
 
 # ---------------------------------------------------------------- the stage
