@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script from the project root: `pipeline` is the project's
 SETUPS = [("1proc_1thread", 1, 1), ("2proc_1thread", 2, 1), ("1proc_2threads", 1, 2)]
 
 
