@@ -23,6 +23,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from pipeline.common import PipelineError
+
 # Per-rank evidence: this rank's share of the work (train = batches with gradients).
 counts = {"train_batches": 0, "train_reviews": 0, "valid_batches": 0, "valid_reviews": 0}
 
@@ -70,7 +72,7 @@ def relaunch(nproc: int, module: str) -> None:
         return
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "-m", module, *sys.argv[1:]]
-    print(f"train: {nproc} processes: {' '.join(cmd[1:])}", flush=True)
+    print(f"{module.rsplit('.', 1)[-1]}: {nproc} processes: {' '.join(cmd[1:])}", flush=True)
     sys.stderr.flush()
     os.execv(sys.executable, cmd)
 
@@ -84,6 +86,9 @@ def init(device: torch.device) -> torch.device:
     if not under_torchrun() or active():
         return device
     if device.type == "cuda":
+        if local_rank() >= torch.cuda.device_count():
+            raise PipelineError(f"{local_world()} processes on this machine but {torch.cuda.device_count()} GPUs: "
+                                "run one process per GPU (train.nproc, or torchrun's --nproc_per_node)")
         device = torch.device("cuda", local_rank())
         torch.cuda.set_device(device)
     dist.init_process_group(backend(device))
@@ -146,8 +151,6 @@ def check_agree(value: int, what: str) -> None:
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     hi, lo = t[0].item(), -t[1].item()
     if hi != lo:
-        from pipeline.common import PipelineError
-
         raise PipelineError(f"ranks disagree on {what} ({lo:g} to {hi:g}): models/ must be on a filesystem every node shares")
 
 

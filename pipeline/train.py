@@ -165,7 +165,7 @@ def fit(params: TrainParams, vocab_size: int, train, valid, device: torch.device
     while state["epoch"] < params.epochs and state["bad_epochs"] < params.patience:
         epoch = state["epoch"]
         # Seeds derived from (seed, epoch): a resumed run draws exactly what an uninterrupted one would.
-        torch.manual_seed(params.seed * 1000 + epoch)
+        torch.manual_seed(params.seed * 1000 + epoch + (distributed.rank() << 32))  # ranks > 0: own dropout masks
         batches = data.bucket_batches(train_len, params.batch_size, np.random.default_rng([params.seed, epoch]))
         t0 = time.perf_counter()
         tr_loss, tr_acc, n = run_epoch(net, train_seqs, train_y, batches, device, optimizer, scheduler, params.clip, scaler)
