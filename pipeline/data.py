@@ -68,3 +68,10 @@ def collate(seqs: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
     for i, s in enumerate(seqs):
         out[i, : len(s)] = s
     return torch.from_numpy(out), torch.from_numpy(lengths)
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on `device`; to a GPU through pinned memory, so the copy runs asynchronously."""
+    if device.type != "cuda":
+        return t
+    return t.pin_memory().to(device, non_blocking=True)

@@ -77,6 +77,7 @@ class TrainParams:
     patience: int = _f(min=1)
     threads: int = _f(min=0)  # 0 = one per core
     device: str = _f(choices=["auto", "cpu", "cuda"])
+    nproc: int = _f(min=1)  # processes on this machine; > 1 runs under torchrun (DDP), batch_size stays global
     resume: bool = _f()  # continue from models/train.resume.pt after an interruption
 
 

@@ -6,6 +6,7 @@ from it and ends with the same weights an uninterrupted run would have.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import math
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline import data
+from pipeline import data, distributed
 from pipeline.common import PipelineError, cpu_count, run_main, save_torch, write_json
 from pipeline.model import Classifier
 from pipeline.params import TrainParams, load_params
@@ -63,20 +64,24 @@ def lr_lambda(schedule: str, warmup: float, total: int) -> Callable[[int], float
 
 
 def run_epoch(model, seqs, labels, batches, device, optimizer=None, scheduler=None, clip=0.0, scaler=None):
-    """One pass over `batches`; trains when an optimizer is given. Returns (mean loss, accuracy, tokens)."""
+    """One pass over `batches`; trains when an optimizer is given. Returns (mean loss, accuracy, tokens).
+
+    Under torchrun each rank runs its share of every global batch; the results are summed over ranks.
+    """
     loss_fn = nn.BCEWithLogitsLoss(reduction="sum")
     model.train(optimizer is not None)
     total_loss, correct, n, tokens = 0.0, 0, 0, 0
     with torch.set_grad_enabled(optimizer is not None):
         for b in batches:
+            b, weight = distributed.shard(b)  # this rank's reviews; weight * summed loss -> global mean
             ids, lengths = data.collate([seqs[i] for i in b])
-            y = torch.from_numpy(labels[b].astype(np.float32)).to(device)
+            y = data.to_device(torch.from_numpy(labels[b].astype(np.float32)), device)
             with autocast(device):
-                logits = model(ids.to(device, non_blocking=True), lengths).float()
+                logits = model(data.to_device(ids, device), data.to_device(lengths, device)).float()
             loss = loss_fn(logits, y)
             if optimizer is not None:
                 optimizer.zero_grad(set_to_none=True)
-                mean = loss / len(b)
+                mean = loss * weight  # loss / len(b) in one process
                 if scaler is not None:  # fp16 only: scale so small gradients survive
                     scaler.scale(mean).backward()
                     scaler.unscale_(optimizer)
@@ -90,17 +95,20 @@ def run_epoch(model, seqs, labels, batches, device, optimizer=None, scheduler=No
                 else:
                     optimizer.step()
                 scheduler.step()
+            if weight == 0:  # a stand-in review, for a rank with no share of this batch
+                continue
             total_loss += loss.item()
             correct += int(((logits > 0).float() == y).sum())
             n += len(b)
             tokens += int(lengths.sum())
+    total_loss, correct, n, tokens = distributed.all_sum(total_loss, correct, n, tokens)
     return total_loss / max(n, 1), correct / max(n, 1), tokens
 
 
 def signature(params: TrainParams, vocab_size: int, n_train: int) -> dict:
     """What a resume file must match (same params and data shape), or it is ignored."""
     sig = dataclasses.asdict(params)
-    for key in ("resume", "threads", "device"):  # settings that do not change the math
+    for key in ("resume", "threads", "device", "nproc"):  # settings that do not change the math
         sig.pop(key)
     return {**sig, "vocab_size": vocab_size, "n_train": n_train}
 
@@ -131,6 +139,7 @@ def fit(params: TrainParams, vocab_size: int, train, valid, device: torch.device
     valid_batches = data.bucket_batches(np.array([len(s) for s in valid_seqs]), params.batch_size * 4, None)
 
     model = build_model(params, vocab_size, vectors).to(device)
+    net = distributed.wrap(model, device)  # DDP under torchrun; `model` stays the bare weights
     optimizer = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
     steps_per_epoch = math.ceil(len(train_seqs) / params.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(params.lr_schedule, params.warmup, steps_per_epoch * params.epochs))
@@ -149,19 +158,20 @@ def fit(params: TrainParams, vocab_size: int, train, valid, device: torch.device
         else:
             print(f"train: ignoring {resume_path}, it was made with other params")
     resumed_at = state["epoch"]
+    distributed.check_agree(resumed_at, "the epoch to resume from")
 
     tokens = 0
     start = time.perf_counter()
     while state["epoch"] < params.epochs and state["bad_epochs"] < params.patience:
         epoch = state["epoch"]
         # Seeds derived from (seed, epoch): a resumed run draws exactly what an uninterrupted one would.
-        torch.manual_seed(params.seed * 1000 + epoch)
+        torch.manual_seed(params.seed * 1000 + epoch + (distributed.rank() << 32))  # ranks > 0: own dropout masks
         batches = data.bucket_batches(train_len, params.batch_size, np.random.default_rng([params.seed, epoch]))
         t0 = time.perf_counter()
-        tr_loss, tr_acc, n = run_epoch(model, train_seqs, train_y, batches, device, optimizer, scheduler, params.clip, scaler)
+        tr_loss, tr_acc, n = run_epoch(net, train_seqs, train_y, batches, device, optimizer, scheduler, params.clip, scaler)
         seconds = time.perf_counter() - t0
         tokens += n
-        va_loss, va_acc, _ = run_epoch(model, valid_seqs, valid_y, valid_batches, device)
+        va_loss, va_acc, _ = run_epoch(net, valid_seqs, valid_y, valid_batches, device)
         row = {"epoch": epoch + 1, "train_loss": tr_loss, "train_acc": tr_acc, "valid_loss": va_loss, "valid_acc": va_acc}
         state["history"].append(row)
         if va_loss < state["best_loss"]:
@@ -173,7 +183,7 @@ def fit(params: TrainParams, vocab_size: int, train, valid, device: torch.device
               f" | {n / seconds:,.0f} tokens/s")
         if log:
             log(row)
-        if resume_path is not None:
+        if resume_path is not None and distributed.is_main():
             save_torch({"signature": sig, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(), "state": state}, resume_path)
     if state["bad_epochs"] >= params.patience:
@@ -189,8 +199,9 @@ def load_data(params: TrainParams, split: str):
 
 def main() -> None:
     params: TrainParams = load_params()["train"]
-    torch.set_num_threads(params.threads or cpu_count())
-    device = pick_device(params.device)
+    distributed.relaunch(params.nproc, "pipeline.train")  # train.nproc > 1: continue under torchrun
+    torch.set_num_threads(params.threads or max(1, cpu_count() // distributed.local_world()))
+    device = distributed.init(pick_device(params.device))
     if not (VOCAB_DIR / "vocab.tsv").is_file():
         raise PipelineError(f"{VOCAB_DIR}/vocab.tsv not found (run the vocab stage first)")
     vocab_size = len(read_vocab(VOCAB_DIR / "vocab.tsv"))
@@ -201,13 +212,18 @@ def main() -> None:
 
     resume = RESUME if params.resume else None
     resuming = resume is not None and resume.is_file()
-    with Live(LIVE_DIR, dvcyaml=None, save_dvc_exp=False, resume=resuming) as live:
+    # Rank 0 alone writes curves, metrics and weights; all ranks hold the same all-reduced numbers.
+    with (Live(LIVE_DIR, dvcyaml=None, save_dvc_exp=False, resume=resuming) if distributed.is_main()
+          else contextlib.nullcontext()) as live:
         def log(row):
             for k in ("train_loss", "train_acc", "valid_loss", "valid_acc"):
                 live.log_metric(k.replace("_", "/", 1), round(row[k], 6))
             live.next_step()
 
-        result = fit(params, vocab_size, train, valid, device, resume, vectors, log)
+        result = fit(params, vocab_size, train, valid, device, resume, vectors, log if live is not None else None)
+    distributed.report("train")
+    if not distributed.is_main():
+        return
 
     best = result["history"][result["best_epoch"] - 1]
     save_torch({"config": result["model"].config, "state_dict": {k: v.cpu() for k, v in result["best"].items()},
