@@ -200,7 +200,7 @@ def test_wrong_checksum_of_a_local_file_keeps_the_file(proj, tmp_path):
 @pytest.mark.parametrize(
     "data,message",
     [
-        (SAMPLE_BYTES[: len(SAMPLE_BYTES) // 2], r"^error: tiny\.tar\.gz is truncated or corrupt \("),
+        (TINY[: len(TINY) // 2], r"^error: tiny\.tar\.gz is truncated or corrupt \("),
         (b"<html>Not an archive</html>\n" * 50, r"^error: tiny\.tar\.gz is not a gzip or tar archive$"),
         (make_tar([(f"aclImdb/train/pos/0_7.txt", b"ok")]), "missing aclImdb/train/neg, aclImdb/train/unsup, aclImdb/test/pos, aclImdb/test/neg$"),
     ],
@@ -316,3 +316,22 @@ def test_unknown_source_lists_the_choices(proj):
     assert line == (
         "error: download.source must be one of ['imdb', 'sample'] or '<path or URL>@sha256:<64 hex digits>', got 'nope'"
     )
+
+
+def test_backoff_doubles_is_capped_and_progress_resets_the_count(tmp_path):
+    # In-process, no server: only the retry arithmetic, which the CLI tests keep short.
+    from pipeline.download import SourceFailed, Transient, download
+
+    part = tmp_path / "a.part"
+    outcomes = iter(["fail", "fail", "grow", "fail", "fail", "fail", "fail"])
+
+    def fetch(url, path, timeout):
+        if next(outcomes) == "grow":
+            with open(path, "ab") as f:
+                f.write(b"x")
+        raise Transient("HTTP 503 Service Unavailable")
+
+    sleeps: list[float] = []
+    with pytest.raises(SourceFailed, match=r"HTTP 503 Service Unavailable, gave up after 7 attempts"):
+        download("http://x/a", part, 1.0, 4, 10.0, fetch=fetch, sleep=sleeps.append)
+    assert sleeps == [10.0, 20.0, 10.0, 20.0, 40.0, 60.0]
