@@ -7,6 +7,7 @@ and values are coerced by the field's type, because `yaml.safe_load` reads `1e-0
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,10 +34,44 @@ class Source:
 
 @dataclass
 class DownloadParams:
-    source: str = _f()  # a key of `sources`
+    source: str = _f()  # a key of `sources`, or an ad-hoc `<path or URL>@sha256:<hex>`
     sources: dict[str, Source] = _f()
     timeout: float = _f(gt=0)
     retries: int = _f(min=0, max=20)
+    backoff: float = _f(min=0)  # seconds before the first retry; doubles after each
+
+
+SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
+# Docker's `name@sha256:<hex>` rather than pip's `url#sha256=<hex>`: `dvc exp run -S` parses
+# values with Hydra's grammar, which refuses an unquoted `#` but takes `@` and `:`.
+PINNED = re.compile(r"^(?P<url>.+)@sha256:(?P<sha256>[0-9a-fA-F]{64})$")
+
+
+def resolve_source(download: DownloadParams) -> tuple[str, Source]:
+    """The (name, Source) that `download.source` selects.
+
+    Besides a key of `sources`, `<path or URL>@sha256:<hex>` names an archive directly, so one
+    `-S download.source=...` override switches to a local copy or mirror and still pins its hash.
+    """
+    if download.source in download.sources:
+        return download.source, download.sources[download.source]
+    m = PINNED.match(download.source)
+    if m:
+        return download.source, Source(url=m["url"], sha256=m["sha256"].lower(), mirrors=[])
+    raise PipelineError(
+        f"download.source must be one of {sorted(download.sources)} or '<path or URL>@sha256:<64 hex digits>', "
+        f"got {download.source!r}"
+    )
+
+
+def _check_sources(download: DownloadParams) -> None:
+    for name, src in download.sources.items():
+        if not src.url.strip():
+            raise PipelineError(f"download.sources.{name}.url is empty")
+        if not SHA256.match(src.sha256):
+            raise PipelineError(f"download.sources.{name}.sha256 must be 64 hex digits, got {src.sha256!r}")
+        src.sha256 = src.sha256.lower()  # hashlib's hexdigest() is lowercase
+    resolve_source(download)
 
 
 @dataclass
@@ -209,11 +244,7 @@ def parse_params(raw: dict, sections: dict = SECTIONS) -> dict:
     if missing:
         raise PipelineError(f"missing section {missing[0]} in params.yaml")
     parsed = {name: _build(cls, raw[name], name) for name, cls in sections.items()}
-    download = parsed["download"]
-    if download.source not in download.sources:
-        raise PipelineError(
-            f"download.source must be one of {sorted(download.sources)}, got {download.source!r}"
-        )
+    _check_sources(parsed["download"])
     return parsed
 
 
