@@ -43,15 +43,34 @@ ENCODED_SCHEMA = pa.schema(
 )
 
 
+def _chunks(token_lists: pa.ChunkedArray | pa.Array) -> list[pa.Array]:
+    chunks = token_lists.chunks if isinstance(token_lists, pa.ChunkedArray) else [token_lists]
+    return [c for c in chunks if len(c)]
+
+
+def _value_counts(values: pa.Array) -> pa.Table:
+    """(token, count) of a string or dictionary<string> array."""
+    if pa.types.is_dictionary(values.type):
+        # Read with read_dictionary, a row group's tokens arrive as indices into the row group's
+        # Parquet dictionary: count the small integers, never materialise the strings.
+        counts = np.bincount(values.indices.to_numpy(zero_copy_only=False), minlength=len(values.dictionary))
+        return pa.table({"token": values.dictionary, "count": pa.array(counts, pa.int64())}).filter(pa.array(counts > 0))
+    vc = pc.value_counts(values)
+    return pa.table({"token": vc.field("values"), "count": vc.field("counts")})
+
+
 def count_tokens(token_lists: pa.ChunkedArray | pa.Array) -> dict[str, int]:
     """Token -> count over a list<string> column, counted by Arrow rather than a Python loop."""
-    counts = pc.value_counts(pc.list_flatten(token_lists))
-    return dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist()))
+    parts = [_value_counts(chunk.flatten()) for chunk in _chunks(token_lists)]
+    if not parts:
+        return {}
+    total = _sum_counts(parts)
+    return dict(zip(total["token"].to_pylist(), total["count"].to_pylist()))
 
 
 def _sum_counts(parts: list[pa.Table]) -> pa.Table:
     t = pa.concat_tables(parts).group_by("token", use_threads=False).aggregate([("count", "sum")])
-    return pa.table({"token": t["token"], "count": t["count_sum"]})
+    return pa.table({"token": t["token"].cast(pa.string()), "count": t["count_sum"]})
 
 
 def count_files(paths: list[Path]) -> dict[str, int]:
@@ -61,10 +80,9 @@ def count_files(paths: list[Path]) -> dict[str, int]:
     """
     parts: list[pa.Table] = []
     for path in paths:
-        pf = pq.ParquetFile(path)
+        pf = tokens_file(path)
         for i in range(pf.num_row_groups):
-            vc = pc.value_counts(pc.list_flatten(pf.read_row_group(i, columns=["tokens"])["tokens"]))
-            parts.append(pa.table({"token": vc.field("values"), "count": vc.field("counts")}))
+            parts += [_value_counts(c.flatten()) for c in _chunks(pf.read_row_group(i, columns=["tokens"])["tokens"])]
             if len(parts) >= 32:
                 parts = [_sum_counts(parts)]
     if not parts:
@@ -79,14 +97,28 @@ def build_vocab(counts: dict[str, int], max_size: int, min_freq: int) -> list[tu
     return [(s, 0) for s in SPECIALS] + kept[: max(0, max_size - len(SPECIALS))]
 
 
+def tokens_file(path: Path) -> pq.ParquetFile:
+    """A tokens file whose token lists read as dictionary arrays (indices into each row group's
+    dictionary), so counting and encoding look up each distinct token once, not every token."""
+    return pq.ParquetFile(path, read_dictionary=["tokens.list.element"])
+
+
 def encode(token_lists: pa.ChunkedArray | pa.Array, itos: list[str] | pa.Array) -> pa.Array:
-    """list<string> -> list<int32> ids, unknown tokens mapped to <unk>."""
-    arr = token_lists.combine_chunks() if isinstance(token_lists, pa.ChunkedArray) else token_lists
+    """list<string> (or list<dictionary<string>>) -> list<int32> ids, unknown tokens mapped to <unk>."""
     value_set = itos if isinstance(itos, pa.Array) else pa.array(itos, pa.string())
-    ids = pc.index_in(arr.flatten(), value_set=value_set)
-    ids = pc.fill_null(ids, UNK_ID).cast(pa.int32())
-    offsets = pc.subtract(arr.offsets, arr.offsets[0]).cast(pa.int32())
-    return pa.ListArray.from_arrays(offsets, ids)
+    out = []
+    for arr in _chunks(token_lists):
+        values = arr.flatten()
+        if pa.types.is_dictionary(values.type):
+            lookup = pc.fill_null(pc.index_in(values.dictionary, value_set=value_set), UNK_ID).cast(pa.int32())
+            ids = lookup.take(values.indices)
+        else:
+            ids = pc.fill_null(pc.index_in(values, value_set=value_set), UNK_ID).cast(pa.int32())
+        offsets = pc.subtract(arr.offsets, arr.offsets[0]).cast(pa.int32())
+        out.append(pa.ListArray.from_arrays(offsets, ids))
+    if len(out) == 1:
+        return out[0]
+    return pa.concat_arrays(out) if out else pa.array([], pa.list_(pa.int32()))
 
 
 def read_vocab(path: Path) -> list[str]:
@@ -201,7 +233,7 @@ def read_vectors(path: Path, itos: list[str], seed: int = VECTORS_SEED) -> tuple
 
 def encode_split(src: Path, dst: Path, itos: pa.Array, bar) -> dict:
     """Id-encode one tokens file into `dst`, row group by row group (bounded memory); return its metrics."""
-    pf = pq.ParquetFile(src)
+    pf = tokens_file(src)
     n_unk = n_tok = 0
     lengths = []
     with pq.ParquetWriter(dst, ENCODED_SCHEMA, compression="zstd", compression_level=1) as w:
@@ -245,7 +277,6 @@ def main() -> None:
         "counted_tokens": counted_tokens,
         "counted_types": len(counts),
         "splits": {},
-        "vectors": None,
     }
     with atomic_dir(OUT_DIR) as tmp:
         write_vocab(tmp / "vocab.tsv", vocab)
