@@ -48,11 +48,13 @@ def load_tokenizer():
     return spacy.blank("en").tokenizer
 
 
-def tokenize_arrow(tokenizer, texts: list[str], lowercase: bool) -> pa.ListArray:
+def tokenize_arrow(tokenizer, texts: list[str], lowercase: bool, dictionary: bool = False) -> pa.ListArray:
     """Tokenize cleaned texts into a list<string> array, one list per text.
 
     Lowercasing happens after tokenizing (spaCy's exceptions are case-aware: "Don't" -> "Do", "n't"),
     by taking each token's LOWER attribute, which is exactly `Token.lower_`.
+    With dictionary=True the tokens come as list<dictionary<int32, string>> (distinct tokens in
+    order of first appearance), which a Parquet writer stores without hashing every string again.
     """
     from spacy.attrs import LOWER, ORTH
 
@@ -69,7 +71,9 @@ def tokenize_arrow(tokenizer, texts: list[str], lowercase: bool) -> pa.ListArray
     encoded = flat.dictionary_encode()  # distinct hashes, in order of first appearance
     strings = tokenizer.vocab.strings
     words = pa.array([strings[h] for h in encoded.dictionary.to_pylist()], pa.string())
-    values = pa.DictionaryArray.from_arrays(encoded.indices, words).dictionary_decode()
+    values = pa.DictionaryArray.from_arrays(encoded.indices, words)
+    if not dictionary:
+        values = values.dictionary_decode()
     return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), values)
 
 
