@@ -1,11 +1,14 @@
 """Stage tokenize: raw reviews -> cleaned spaCy tokens in Parquet, one file per split.
 
-Schema of data/tokens/{train,valid,test,unsup}.parquet (zstd, one row group per chunk):
+Schema of data/tokens/{train,valid,test,unsup}.parquet (zstd level 1, one row group per
+tokenize.chunk_size reviews; unsup only with tokenize.unsup):
     id        string          e.g. "train/pos/10_9" (file path without .txt; unique)
     rating    int8            the star rating from the file name (0 for unlabelled)
     label     int8, nullable  1 positive, 0 negative, null for unlabelled
-    n_tokens  int32
-    tokens    list<string>
+    n_tokens  int32           number of tokens (0 for an empty review)
+    tokens    list<string>    spaCy tokens of the cleaned, cut review; lowercased with tokenize.lowercase
+Rows are in a fixed order (pos then neg, each by numeric id; valid is a seeded stratified
+draw from train), and the bytes do not depend on tokenize.workers.
 """
 from __future__ import annotations
 
