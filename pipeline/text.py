@@ -42,10 +42,18 @@ def decode(raw: bytes) -> tuple[str, bool]:
 
 
 def load_tokenizer():
-    """spaCy's English tokenizer (rules and exceptions intact), no model download needed."""
-    import spacy
+    """spaCy's English tokenizer (rules and exceptions intact), no model download needed.
 
-    return spacy.blank("en").tokenizer
+    Its vocab computes only the lowercase form of each new word: the other lexical attributes
+    spaCy works out for every word it has not seen (is_stop, like_num, shape, prefix, ...) are
+    unused here and cost ~13% of tokenizing IMDB. The tokens are exactly spaCy's (a test checks).
+    """
+    import spacy
+    from spacy.attrs import LOWER
+
+    tokenizer = spacy.blank("en").tokenizer
+    tokenizer.vocab.lex_attr_getters = {LOWER: tokenizer.vocab.lex_attr_getters[LOWER]}
+    return tokenizer
 
 
 def tokenize_arrow(tokenizer, texts: list[str], lowercase: bool, dictionary: bool = False) -> pa.ListArray:

@@ -49,10 +49,16 @@ def test_lowercase_applies_after_tokenizing(tokenizer):
     assert T.tokenize(tokenizer, [t.lower() for t in texts], lowercase=True) != T.tokenize(tokenizer, texts, lowercase=True)
 
 
-def test_tokenize_equals_tokens_lower_and_text(tokenizer):
+def test_tokens_are_exactly_spacys(tokenizer, raw_sample):
+    # The stage's tokenizer skips lexical attributes it does not use; the tokens must not change.
+    import spacy
+
+    plain = spacy.blank("en").tokenizer
+    reviews = TK.list_reviews(raw_sample / "aclImdb", "train", ["unsup"])[:300]
     texts = ["It's a GREAT film!!! 10/10 :)", "", "e-mail me @ x.com; cafés & crêpes"]
+    texts += [T.clean(r.path.read_text(encoding="utf-8")) for r in reviews]
     for lowercase, attr in [(True, "lower_"), (False, "text")]:
-        expected = [[getattr(t, attr) for t in doc] for doc in tokenizer.pipe(texts)]
+        expected = [[getattr(t, attr) for t in doc] for doc in plain.pipe(texts)]
         assert T.tokenize(tokenizer, texts, lowercase) == expected
 
 
