@@ -90,6 +90,7 @@ class VocabParams:
     max_size: int = _f(min=10)
     min_freq: int = _f(min=1)
     use_unsup: bool = _f()
+    vectors: str = _f()  # GloVe/word2vec text file under data/vectors/ -> data/vocab/vectors.npy; "" = none
 
 
 @dataclass

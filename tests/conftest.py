@@ -13,7 +13,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data/sample/aclImdb_sample.tar.gz"
-PROJECT_FILES = ["pipeline", "dvc.yaml", "params.yaml", "data/sample", ".dvc/config", ".dvcignore", ".gitignore"]
+PROJECT_FILES = [
+    "pipeline", "dvc.yaml", "params.yaml", "data/sample", "data/vectors/README.md", ".dvc/config", ".dvcignore", ".gitignore",
+]
 
 # Small enough for 2 shared cores; one torch thread, since two collapse when a core is busy.
 TINY = {

@@ -5,7 +5,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from conftest import run
+from conftest import make_repo, run
 
 
 def digest(path: Path) -> dict[str, str]:
@@ -41,15 +41,28 @@ def test_repro_then_experiment_reruns_only_train_and_evaluate(repo):
     assert "train.lr" in shown
 
 
-def test_tokenize_and_vocab_reruns_are_byte_identical(repo):
+def test_tokenize_and_vocab_reruns_are_byte_identical(tmp_path):
+    # The heaviest settings: a pool of 2 workers, the unlabelled split, pretrained vectors.
+    repo = make_repo(tmp_path / "repo", {
+        "tokenize": {"workers": 2, "unsup": True, "chunk_size": 300},
+        "vocab": {"use_unsup": True, "vectors": "data/vectors/tiny.txt"},
+    })
+    vectors = repo / "data/vectors/tiny.txt"
+    vectors.write_text("the 0.1 0.2\nmovie 0.3 0.4\nfilm 0.5 0.6\n")
     run(["dvc", "repro", "vocab"], repo)
-    before = {**digest(repo / "data/tokens"), **digest(repo / "data/vocab")}
-    run(["dvc", "repro", "--force", "tokenize"], repo)
-    run(["dvc", "repro", "--force", "vocab"], repo)
-    after = {**digest(repo / "data/tokens"), **digest(repo / "data/vocab")}
+    outputs = ["data/tokens", "data/vocab", "metrics/tokenize.json", "metrics/vocab.json"]
+    before = {k: v for out in outputs for k, v in digest(repo / out).items()}
+    assert {"tokens/unsup.parquet", "vocab/unsup.parquet", "vocab/vectors.npy"} <= set(before)
+    assert json.loads((repo / "metrics/vocab.json").read_text())["vectors"]["found"] == 3
+
+    run(["dvc", "repro", "--force", "vocab"], repo)  # download, tokenize and vocab all run again
+    after = {k: v for out in outputs for k, v in digest(repo / out).items()}
     assert before == after
-    status = run(["dvc", "status", "--json"], repo).stdout
-    assert json.loads(status) == {} or "vocab" not in json.loads(status)
+    assert json.loads(run(["dvc", "status", "vocab", "--json"], repo).stdout) == {}
+    assert "Running stage" not in run(["dvc", "repro", "vocab"], repo).stdout
+
+    vectors.write_text("the 0.1 0.2\n")  # the vectors file is a dependency: a change reruns vocab only
+    assert list(json.loads(run(["dvc", "status", "vocab", "--json"], repo).stdout)) == ["vocab"]
 
 
 def test_bad_param_stops_stage_before_work_with_one_line(repo):

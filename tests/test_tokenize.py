@@ -1,0 +1,147 @@
+"""The tokenize stage: cleaning, spaCy's rules, stable parallel output, the Parquet schema, odd inputs."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from conftest import ROOT
+
+from pipeline import text as T
+from pipeline import tokenize as TK
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return T.load_tokenizer()
+
+
+def test_clean_strips_breaks_decodes_entities_and_collapses_space():
+    raw = "Great.<br /><br />The plot &amp; the &quot;cast&quot;<BR>end<br/>  \t\n&nbsp;x  "
+    assert T.clean(raw) == 'Great. The plot & the "cast" end x'
+
+
+def test_clean_cuts_to_max_chars_after_cleaning():
+    assert T.clean("ab<br /><br />cd ef", max_chars=5) == "ab cd"
+    assert T.clean("short", max_chars=100) == "short"
+
+
+def test_decode_replaces_bad_utf8_and_says_so():
+    assert T.decode("café".encode()) == ("café", False)
+    text, bad = T.decode(b"bad \xff\xfe byte")
+    assert bad and text == "bad \ufffd\ufffd byte"
+
+
+def test_tokenize_splits_contractions_the_spacy_way(tokenizer):
+    assert T.tokenize(tokenizer, ["Don't stop, it's great!"], lowercase=False) == [
+        ["Do", "n't", "stop", ",", "it", "'s", "great", "!"]
+    ]
+
+
+def test_lowercase_applies_after_tokenizing(tokenizer):
+    # spaCy's exceptions are case-aware: ":D" is one emoticon token, ":d" would be two;
+    # "U.S." keeps its period as an abbreviation, "u.s." does not.
+    texts = [":D Don't", "U.S. movies"]
+    assert T.tokenize(tokenizer, texts, lowercase=True) == [[":d", "do", "n't"], ["u.s.", "movies"]]
+    assert T.tokenize(tokenizer, [t.lower() for t in texts], lowercase=True) != T.tokenize(tokenizer, texts, lowercase=True)
+
+
+def test_tokens_are_exactly_spacys(tokenizer, raw_sample):
+    # The stage's tokenizer skips lexical attributes it does not use; the tokens must not change.
+    import spacy
+
+    plain = spacy.blank("en").tokenizer
+    reviews = TK.list_reviews(raw_sample / "aclImdb", "train", ["unsup"])[:300]
+    texts = ["It's a GREAT film!!! 10/10 :)", "", "e-mail me @ x.com; cafés & crêpes"]
+    texts += [T.clean(r.path.read_text(encoding="utf-8")) for r in reviews]
+    for lowercase, attr in [(True, "lower_"), (False, "text")]:
+        expected = [[getattr(t, attr) for t in doc] for doc in plain.pipe(texts)]
+        assert T.tokenize(tokenizer, texts, lowercase) == expected
+
+
+def test_two_workers_write_the_same_bytes_as_one(raw_sample, tmp_path):
+    reviews = TK.list_reviews(raw_sample / "aclImdb", "test", ["pos", "neg"])[:300]
+    outs = {}
+    for workers in (1, 2):
+        outs[workers] = tmp_path / f"w{workers}.parquet"
+        with TK.worker_pool(workers) as pool:
+            stats = TK.tokenize_split(reviews, outs[workers], pool, True, 50000, 23, "t", window=2 * workers)
+        assert stats["reviews"] == 300
+    assert outs[1].read_bytes() == outs[2].read_bytes()
+    table = pq.read_table(outs[2])
+    assert table.schema.equals(TK.SCHEMA)
+    assert table["id"].to_pylist() == [r.id for r in reviews]
+    assert pq.ParquetFile(outs[2]).num_row_groups == 14  # ceil(300 / 23): one per chunk
+    assert pq.ParquetFile(outs[2]).metadata.row_group(0).column(4).compression == "ZSTD"
+    assert table["n_tokens"].to_pylist() == [len(t) for t in table["tokens"].to_pylist()]
+
+
+def write_review(root, rel: str, data: bytes) -> None:
+    path = root / "data/raw/aclImdb" / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def stage_dir(tmp_path, **tokenize):
+    """A working folder with params.yaml and an aclImdb tree of a few normal reviews per folder."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["tokenize"].update({"valid_fraction": 0.2, "max_chars": 1000, "chunk_size": 3, **tokenize})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    for folder, rating in [("train/pos", 8), ("train/neg", 2), ("test/pos", 9), ("test/neg", 1), ("train/unsup", 0)]:
+        for i in range(5):
+            write_review(tmp_path, f"{folder}/{i}_{rating}.txt", f"Review {i} of {folder}: it's fine.".encode())
+    return tmp_path
+
+
+def test_bad_inputs_are_kept_counted_and_do_not_stop_the_stage(tmp_path, monkeypatch):
+    root = stage_dir(tmp_path, workers=2)
+    write_review(root, "test/pos/100_10.txt", b"Caf\xe9 au lait \xff was great")  # Latin-1, not UTF-8
+    write_review(root, "test/pos/101_10.txt", b"")
+    write_review(root, "test/neg/102_3.txt", b"<br /><br />  ")  # empty once cleaned
+    write_review(root, "test/neg/103_4.txt", b"awful " * 200_000)  # 1.2 MB
+    monkeypatch.chdir(root)
+    TK.main()
+
+    metrics = json.loads((root / "metrics/tokenize.json").read_text())
+    assert metrics["test"] == {"reviews": 14, "tokens": metrics["test"]["tokens"], "bad_utf8": 1, "empty": 2, "truncated": 1}
+    assert metrics["train"]["bad_utf8"] == metrics["train"]["empty"] == metrics["train"]["truncated"] == 0
+    assert "unsup" not in metrics and not (root / "data/tokens/unsup.parquet").exists()
+
+    rows = {r["id"]: r for r in pq.read_table(root / "data/tokens/test.parquet").to_pylist()}
+    assert rows["test/pos/100_10"]["tokens"] == ["caf", "\ufffd", "au", "lait", "\ufffd", "was", "great"]
+    assert rows["test/pos/101_10"]["n_tokens"] == 0 and rows["test/pos/101_10"]["tokens"] == []
+    assert rows["test/neg/102_3"]["n_tokens"] == 0
+    assert rows["test/neg/103_4"]["tokens"][:2] == ["awful", "awful"]
+    assert rows["test/neg/103_4"]["n_tokens"] == 167  # 1,000 characters: 166 whole words and "awf"
+    assert rows["test/neg/103_4"]["rating"] == 4 and rows["test/neg/103_4"]["label"] == 0
+
+
+def test_unlabelled_split_only_when_asked(tmp_path, monkeypatch):
+    root = stage_dir(tmp_path, workers=1, unsup=True)
+    monkeypatch.chdir(root)
+    TK.main()
+    table = pq.read_table(root / "data/tokens/unsup.parquet")
+    assert table.num_rows == 5
+    assert table["label"].null_count == 5 and set(table["rating"].to_pylist()) == {0}
+    train = pq.read_table(root / "data/tokens/train.parquet")
+    valid = pq.read_table(root / "data/tokens/valid.parquet")
+    assert (train.num_rows, valid.num_rows) == (8, 2)  # stratified: one of each label to valid
+    assert sorted(valid["label"].to_pylist()) == [0, 1]
+
+
+def test_missing_raw_folder_is_a_one_line_error(tmp_path, monkeypatch):
+    root = stage_dir(tmp_path, workers=1)
+    shutil.rmtree(root / "data/raw/aclImdb/test/neg")
+    monkeypatch.chdir(root)
+    with pytest.raises(TK.PipelineError, match="missing folder"):
+        TK.main()
+    assert not (root / "data/tokens").exists()
+
+
+def test_schema_is_the_documented_one():
+    assert TK.SCHEMA.names == ["id", "rating", "label", "n_tokens", "tokens"]
+    assert TK.SCHEMA.field("tokens").type == pa.list_(pa.string())
+    assert TK.SCHEMA.field("n_tokens").type == pa.int32()
