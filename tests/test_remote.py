@@ -21,6 +21,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import yaml
 
 from conftest import make_repo, run
 
@@ -196,51 +197,65 @@ def test_default_remote_is_a_per_user_directory_that_works_out_of_the_box(tmp_pa
     """The committed .dvc/config: analytics off, core.remote set; push and a fresh clone's pull need no setup."""
     monkeypatch.setenv("HOME", str(tmp_path / "home"))  # `~` in the remote url resolves here
     repo = make_repo(tmp_path / "a")
-    assert run(["dvc", "config", "core.analytics"], repo).stdout.strip() == "false"
-    assert run(["dvc", "config", "core.remote"], repo).stdout.strip() == "local-store"
+    config = dict(line.split("=", 1) for line in run(["dvc", "config", "--list", "--project"], repo).stdout.split())
+    assert config["core.analytics"] == "false"
+    assert config["core.remote"] == "local-store"
+    assert "url = ~/.cache/dvc-remote/imdb-lstm-pipeline" in (repo / ".dvc/config").read_text()
     store = tmp_path / "home/.cache/dvc-remote/imdb-lstm-pipeline"
-    assert run(["dvc", "config", "remote.local-store.url"], repo).stdout.strip() == str(store)  # `~` expanded
+    assert config["remote.local-store.url"] == str(store)  # DVC expands `~`
 
-    run(["dvc", "repro", "download"], repo)
+    # A small tracked directory stands in for the pipeline's outputs (the S3 tests push those).
+    extra = repo / "data/extra"
+    extra.mkdir()
+    for i in range(3):
+        (extra / f"part-{i}.txt").write_text(f"review {i}\n" * 100)
+    run(["dvc", "add", "data/extra"], repo)
     run(["git", "add", "-A"], repo)
-    run(["git", "commit", "-q", "-m", "download"], repo)
-    run(["dvc", "push"], repo)
-    assert any(p.is_file() for p in (store / "files/md5").rglob("*"))
+    run(["git", "commit", "-q", "-m", "track data/extra"], repo)
+    pushed = run(["dvc", "push"], repo)  # no -r: the default remote
+    assert "4 files pushed" in pushed.stdout, pushed.stdout  # 3 files + the directory listing
+    assert len([p for p in (store / "files/md5").rglob("*") if p.is_file()]) == 4
 
     b = tmp_path / "b"
     run(["git", "clone", "-q", str(repo), str(b)], tmp_path)
-    run(["dvc", "pull", "download"], b)
-    assert digest(b, "data/raw") == digest(repo, "data/raw")
-    assert json.loads(run(["dvc", "status", "--json", "download"], b).stdout) == {}
-    assert json.loads(run(["dvc", "status", "-c", "--json", "download"], b).stdout) == {}
+    run(["dvc", "pull", "data/extra.dvc"], b)  # no setup at all in the clone
+    assert digest(b, "data/extra") == digest(repo, "data/extra")
+    assert json.loads(run(["dvc", "status", "--json", "data/extra.dvc"], b).stdout) == {}
+    assert json.loads(run(["dvc", "status", "-c", "--json", "data/extra.dvc"], b).stdout) == {}
 
 
 # --------------------------------------------------------------------------- S3 round trip
 
 
-def test_push_to_s3_then_fresh_clone_pulls_everything_in_sync(alice, s3, tmp_path):
+@pytest.fixture(scope="module")
+def bob(alice, s3, tmp_path_factory):
+    """A colleague's fresh clone of the origin, with their own credentials, after `dvc pull`."""
+    repo = clone(alice.origin, tmp_path_factory.mktemp("bob") / "bob", s3)
+    pulled = run(["dvc", "pull"], repo)
+    return SimpleNamespace(repo=repo, pull_output=pulled.stdout)
+
+
+def test_push_to_s3_then_fresh_clone_pulls_everything_in_sync(alice, s3, bob):
     assert "files pushed" in alice.push_output, alice.push_output
     stored = s3.client.list_objects_v2(Bucket=s3.bucket, Prefix="store/files/md5/")
     assert stored["KeyCount"] > 0
 
-    bob = clone(alice.origin, tmp_path / "bob", s3)
-    committed = (bob / ".dvc/config").read_text()
+    committed = (bob.repo / ".dvc/config").read_text()
     assert s3.url in committed and "s3://" in committed
     assert s3.secret not in committed and s3.key_id not in committed  # credentials stay in config.local
-    assert s3.secret in (bob / ".dvc/config.local").read_text()
-    run(["git", "check-ignore", "-q", ".dvc/config.local"], bob)  # never committed
+    assert s3.secret in (bob.repo / ".dvc/config.local").read_text()
+    run(["git", "check-ignore", "-q", ".dvc/config.local"], bob.repo)  # never committed
 
-    pulled = run(["dvc", "pull"], bob)
-    assert "files fetched" in pulled.stdout or "files added" in pulled.stdout, pulled.stdout
+    assert "files fetched" in bob.pull_output, bob.pull_output
     for rel in ARTIFACTS:
-        assert digest(bob, rel) == digest(alice.repo, rel), rel
+        assert digest(bob.repo, rel) == digest(alice.repo, rel), rel
 
-    status = run(["dvc", "status"], bob).stdout
+    status = run(["dvc", "status"], bob.repo).stdout
     assert "Data and pipelines are up to date" in status, status
-    cloud = run(["dvc", "status", "-c"], bob).stdout
+    cloud = run(["dvc", "status", "-c"], bob.repo).stdout
     assert "Cache and remote 's3' are in sync" in cloud, cloud
-    assert json.loads(run(["dvc", "status", "-c", "--json"], bob).stdout) == {}
-    again = run(["dvc", "repro"], bob)
+    assert json.loads(run(["dvc", "status", "-c", "--json"], bob.repo).stdout) == {}
+    again = run(["dvc", "repro"], bob.repo)
     assert ran_stages(again.stdout) == set(), again.stdout
     assert "Data and pipelines are up to date" in again.stdout, again.stdout
 
@@ -299,26 +314,37 @@ def test_queued_grid_runs_once_upstream_and_exp_show_compares(alice, grid):
             assert f"Stage '{stage}' didn't change, skipping" in logs, logs
 
 
-def test_exp_push_and_pull_between_clones(alice, grid, s3, tmp_path):
+def test_exp_push_and_pull_between_clones(alice, grid, s3, bob, tmp_path):
     name = next(iter(grid.names))
     pushed = run(["dvc", "exp", "push", "origin", name], alice.repo)
     assert name in pushed.stdout, pushed.stdout
     refs = run(["git", "ls-remote", str(alice.origin), "refs/exps/*"], alice.repo).stdout
     assert refs.strip(), "no experiment refs on origin"
 
+    # Carol clones and shares bob's cache (one machine, one cache: the baseline data is already there).
     carol = clone(alice.origin, tmp_path / "carol", s3)
+    run(["dvc", "cache", "dir", "--local", str(bob.repo / ".dvc/cache")], carol)
+    # The experiment's model exists only in alice's cache and on S3, so far.
+    refs = run(["git", "for-each-ref", "--format=%(refname)", "refs/exps/"], alice.repo).stdout.split()
+    ref = next(r for r in refs if r.endswith(f"/{name}"))
+    lock = yaml.safe_load(run(["git", "show", f"{ref}:dvc.lock"], alice.repo).stdout)
+    md5 = next(o["md5"] for o in lock["stages"]["train"]["outs"] if o["path"] == "models/classifier.pt")
+    model_object = bob.repo / ".dvc/cache/files/md5" / md5[:2] / md5[2:]
+    assert not model_object.exists()
+
     assert name not in run(["dvc", "exp", "list", "--all-commits"], carol).stdout
     assert name in run(["dvc", "exp", "list", "--all-commits", "origin"], carol).stdout
     pulled = run(["dvc", "exp", "pull", "origin", name], carol)
     assert name in pulled.stdout, pulled.stdout
     assert name in run(["dvc", "exp", "list", "--all-commits"], carol).stdout
+    assert model_object.is_file()  # fetched from S3
 
-    # Everything the experiment produced came through S3: applying it needs no rerun.
+    # Applying it needs no rerun: params, metrics and every output match alice's experiment.
     run(["dvc", "exp", "apply", name], carol)
-    run(["dvc", "checkout"], carol)
     assert json.loads(run(["dvc", "status", "--json"], carol).stdout) == {}
     assert json.loads(run(["dvc", "status", "-c", "--json"], carol).stdout) == {}
     assert f"lr: {grid.names[name]}" in (carol / "params.yaml").read_text()
+    assert hashlib.md5((carol / "models/classifier.pt").read_bytes()).hexdigest() == md5
     shown = json.loads(run(["dvc", "exp", "show", "--json"], alice.repo).stdout)
     ev = next(rev["data"]["metrics"]["metrics/evaluate.json"]["data"]
               for row in shown for exp in row.get("experiments") or [] for rev in exp["revs"] if rev["name"] == name)
