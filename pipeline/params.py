@@ -166,6 +166,17 @@ class TrainLMParams:
     resume: bool = _f()  # continue from models/train_lm.resume.pt after an interruption
 
 
+@dataclass
+class GenerateParams:
+    prompts: list[str] = _f()
+    max_tokens: int = _f(min=1)
+    temperature: float = _f(min=0)  # 0 = greedy
+    top_k: int = _f(min=0)  # 0 = no top-k cut
+    top_p: float = _f(gt=0, max=1)  # 1 = no nucleus cut
+    seed: int = _f(min=0)
+    allow_unk: bool = _f()  # let <unk> be sampled
+
+
 SECTIONS = {
     "download": DownloadParams,
     "tokenize": TokenizeParams,
@@ -175,6 +186,7 @@ SECTIONS = {
     "baseline": BaselineParams,
     "report": ReportParams,
     "train_lm": TrainLMParams,
+    "generate": GenerateParams,
 }
 
 
