@@ -197,3 +197,53 @@ def load_lm(path: Path = Path("models/lm.pt"), device: str = "cpu"):
     model.eval()
     return model, ckpt
 
+
+def lm_param_names(classifier_config: dict, lm_config: dict) -> list[str]:
+    """The classifier parameters that start from the LM: the embedding, and forward LSTM i while shapes agree.
+
+    Layer 1 always agrees (embed_dim -> hidden, checked below); a deeper layer only in a
+    unidirectional classifier, whose layer i reads hidden features as the LM's does.
+    """
+    for key in ("embed_dim", "hidden"):
+        if lm_config[key] != classifier_config[key]:
+            raise PipelineError(f"train.{key} ({classifier_config[key]}) must equal train_lm.{key} ({lm_config[key]}) "
+                                "to start the classifier from the language model")
+    if lm_config["vocab_size"] != classifier_config["vocab_size"]:
+        raise PipelineError(f"the language model has a {lm_config['vocab_size']}-word vocabulary, the classifier "
+                            f"{classifier_config['vocab_size']}: rerun train_lm on the current vocab")
+    layers = min(lm_config["layers"], classifier_config["layers"])
+    if classifier_config["bidirectional"]:
+        layers = 1
+    names = ["embedding.weight"]
+    for i in range(layers):
+        names += [f"fwd.{i}.{n}_l0" for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+    return names
+
+
+def init_classifier_from_lm(classifier: Classifier, lm_state: dict, lm_config: dict) -> list[str]:
+    """Copy the LM's embedding and LSTM layers into the classifier (see lm_param_names); returns the names copied.
+
+    The LM's layer i maps onto the classifier's forward LSTM i (one direction, left to right,
+    like the LM); the backward LSTMs and the output layer keep their random start.
+    """
+    names = lm_param_names(classifier.config, lm_config)
+    lm = LanguageModel(**lm_config)
+    lm.load_state_dict(lm_state)
+    params = dict(classifier.named_parameters())
+    with torch.no_grad():
+        params["embedding.weight"].copy_(lm.embedding_weight())
+        params["embedding.weight"][0].zero_()  # <pad> stays the zero vector nn.Embedding(padding_idx=0) starts with
+        for name in names[1:]:
+            _, i, leaf = name.split(".")
+            params[name].copy_(getattr(lm.lstm[int(i)], leaf))
+    return names
+
+
+def load_lm_init(path: Path, lr_mult: float, unfreeze_epoch: int) -> dict:
+    """What train needs to start from the LM: its weights and config, the schedule, and a digest of the file."""
+    import hashlib
+
+    _, ckpt = load_lm(path)
+    return {"state_dict": ckpt["state_dict"], "config": ckpt["config"], "lr_mult": lr_mult,
+            "unfreeze_epoch": unfreeze_epoch, "digest": hashlib.sha256(path.read_bytes()).hexdigest()}
+

@@ -177,6 +177,12 @@ class GenerateParams:
     allow_unk: bool = _f()  # let <unk> be sampled
 
 
+@dataclass
+class TrainFromLMParams:
+    lm_lr_mult: float = _f(min=0)  # lr of the LM-initialised weights, relative to train.lr
+    unfreeze_epoch: int = _f(min=0)  # LM-initialised weights stay frozen for this many epochs
+
+
 SECTIONS = {
     "download": DownloadParams,
     "tokenize": TokenizeParams,
@@ -187,6 +193,7 @@ SECTIONS = {
     "report": ReportParams,
     "train_lm": TrainLMParams,
     "generate": GenerateParams,
+    "train_from_lm": TrainFromLMParams,
 }
 
 

@@ -138,3 +138,72 @@ def test_eval_perplexity_of_an_untrained_model_is_near_the_vocab_size():
     lm = tiny_lm(hidden=8)
     total, count = nll(lm, toy_stream(30, 2), 4, 10, torch.device("cpu"))
     assert 20 < math.exp(total / count) < 3 * 60  # untrained: the order of the vocabulary size
+
+
+# --- LM -> classifier --------------------------------------------------------------------------
+
+
+def lm_and_classifier(layers: int, bidirectional: bool):
+    from pipeline.model import Classifier
+
+    lm = tiny_lm(hidden=8)
+    torch.manual_seed(1)
+    return lm, Classifier(60, 8, 8, layers, bidirectional, 0.0)
+
+
+@pytest.mark.parametrize("layers,bidirectional,mapped", [(2, False, 2), (2, True, 1), (1, True, 1)])
+def test_lm_init_copies_embedding_and_forward_lstm_layers(layers, bidirectional, mapped):
+    from pipeline.model import init_classifier_from_lm
+
+    lm, clf = lm_and_classifier(layers, bidirectional)
+    before = {k: v.clone() for k, v in clf.state_dict().items()}
+    names = init_classifier_from_lm(clf, lm.state_dict(), lm.config)
+    assert len(names) == 1 + 4 * mapped
+    emb = clf.embedding.weight
+    assert torch.equal(emb[1:], lm.embedding_weight()[1:]) and not emb[0].any()
+    for i in range(mapped):
+        for n, p in lm.lstm[i].named_parameters():
+            assert torch.equal(getattr(clf.fwd[i], n), p), (i, n)
+    for k, v in clf.state_dict().items():  # everything else keeps its random start
+        if k not in names:
+            assert torch.equal(v, before[k]), k
+
+
+def test_lm_init_refuses_other_dimensions():
+    from pipeline.common import PipelineError
+    from pipeline.model import Classifier, init_classifier_from_lm
+
+    lm = tiny_lm(hidden=8)
+    with pytest.raises(PipelineError, match=r"train.hidden \(16\) must equal train_lm.hidden \(8\)"):
+        init_classifier_from_lm(Classifier(60, 8, 16, 1, True, 0.0), lm.state_dict(), lm.config)
+
+
+@pytest.mark.parametrize("unfreeze_epoch", [0, 2])
+def test_fit_from_lm_starts_from_its_weights_and_unfreezes_them_on_schedule(unfreeze_epoch):
+    from pipeline.train import build_model, fit
+    from test_train import toy_data
+
+    lm = tiny_lm(hidden=8)
+    init = {"state_dict": lm.state_dict(), "config": lm.config, "lr_mult": 0.5, "unfreeze_epoch": unfreeze_epoch, "digest": "x"}
+    params = dataclasses.replace(load_params(ROOT / "params.yaml")["train"], embed_dim=8, hidden=8, layers=1,
+                                 batch_size=16, epochs=2, patience=5, threads=1, lr=0.03)
+    torch.set_num_threads(1)
+    start = build_model(params, 60, None, init)
+    assert torch.equal(start.fwd[0].weight_hh_l0, lm.lstm[0].weight_hh_l0)  # the build step copies the LM
+    out = fit(params, 60, toy_data(200, 0), toy_data(50, 1), torch.device("cpu"), lm=init)["model"]
+    frozen = torch.equal(out.fwd[0].weight_ih_l0, lm.lstm[0].weight_ih_l0)
+    assert frozen == (unfreeze_epoch >= params.epochs)
+    assert not torch.equal(out.out.weight, start.out.weight)
+
+
+def test_only_the_lm_stages_depend_on_the_lm(lm_repo):
+    import yaml
+
+    stages = yaml.safe_load((lm_repo / "dvc.yaml").read_text())["stages"]
+    users = {name for name, s in stages.items() if "models/lm.pt" in s.get("deps", [])}
+    assert users == {"generate", "train_from_lm"}
+    run(["dvc", "repro", "evaluate_from_lm"], lm_repo)
+    for name in ("train_from_lm", "evaluate_from_lm"):
+        assert (lm_repo / f"metrics/{name}.json").is_file()
+    assert json.loads((lm_repo / "metrics/evaluate_from_lm.json").read_text())["reviews"] == 2000
+    assert not (lm_repo / "models/classifier.pt").exists()  # the scratch classifier was not needed
