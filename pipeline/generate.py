@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import zlib
 from pathlib import Path
 
 import torch
@@ -141,6 +142,13 @@ def detokenize(tokens: list[str], capitalize: bool = True) -> str:
     return "".join(out)
 
 
+def prompt_seed(seed: int, prompt: str) -> int:
+    """The generator's seed for one prompt: fixed by (seed, prompt), so a prompt's sample does not
+    change with the other prompts or their order, and different prompts do not share draws.
+    32 bits, since torch's CPU generator keeps only those."""
+    return zlib.crc32(f"{seed}\0{prompt}".encode("utf-8"))
+
+
 class Writer:
     """A loaded LM with its vocabulary: prompt text in, text out."""
 
@@ -161,7 +169,7 @@ class Writer:
               allow_unk: bool = False) -> dict:
         tokens = self.encode(prompt)
         ids = [self.stoi.get(t, UNK_ID) for t in tokens]
-        new = generate_ids(self.model, ids, max_tokens, temperature, top_k, top_p, seed, allow_unk)
+        new = generate_ids(self.model, ids, max_tokens, temperature, top_k, top_p, prompt_seed(seed, prompt), allow_unk)
         words = [self.itos[i] for i in new]
         return {"prompt": prompt, "text": detokenize(tokens + words, self.lowercase),
                 "continuation": words, "ended": len(new) < max_tokens}
