@@ -106,8 +106,10 @@ def signature(params: TrainLMParams, vocab_size: int, n_train: int) -> dict:
 def build_lm(params: TrainLMParams, vocab_size: int) -> LanguageModel:
     torch.manual_seed(params.seed)
     cutoffs = list(params.cutoffs)
-    if cutoffs != sorted(set(cutoffs)) or (cutoffs and cutoffs[0] <= 0):
+    if not cutoffs or cutoffs != sorted(set(cutoffs)) or cutoffs[0] <= 0:
         raise PipelineError(f"train_lm.cutoffs must be increasing positive numbers, got {cutoffs}")
+    if cutoffs[0] >= vocab_size:
+        raise PipelineError(f"train_lm.cutoffs must start below the vocabulary size ({vocab_size}), got {cutoffs}")
     return LanguageModel(vocab_size, params.embed_dim, params.hidden, params.layers, cutoffs, params.dropout_emb,
                          params.dropout_in, params.dropout_hidden, params.dropout_out, params.weight_drop)
 
