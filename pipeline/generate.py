@@ -1,6 +1,6 @@
 """Write reviews with the language model: the generate stage, and a CLI.
 
-    python -m pipeline.generate                           # the stage: params.yaml's prompts -> reports/samples.md
+    python -m pipeline.generate                           # the stage: params.yaml's prompts -> reports/samples.{md,jsonl}
     python -m pipeline.generate --prompt "this movie" --max-tokens 60 --temperature 0.8 --top-k 40 --top-p 0.95 --seed 1
     imdb-generate --prompt "the plot" --prompt "i laughed" --num 3
 
@@ -27,6 +27,7 @@ from pipeline.vocab import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
 MODEL = Path("models/lm.pt")
 SAMPLES = Path("reports/samples.md")
+SAMPLES_JSONL = Path("reports/samples.jsonl")  # the same samples for programs (pipeline.report reads it)
 METRICS = Path("metrics/generate.json")
 
 
@@ -198,6 +199,9 @@ def run_stage(params: GenerateParams, max_chars: int) -> None:
         lines += [f"## {r['prompt']}", "", r["text"], ""]
     with atomic_file(SAMPLES) as tmp:
         tmp.write_text("\n".join(lines), encoding="utf-8")
+    with atomic_file(SAMPLES_JSONL) as tmp:
+        tmp.write_text("".join(json.dumps({"prompt": r["prompt"], "text": r["text"]}, ensure_ascii=False) + "\n"
+                               for r in rows), encoding="utf-8")
     conts = [r["continuation"] for r in rows]
     write_json(METRICS, {
         "samples": len(rows),
@@ -206,7 +210,7 @@ def run_stage(params: GenerateParams, max_chars: int) -> None:
         "distinct_1": distinct(conts, 1),
         "distinct_2": distinct(conts, 2),
     })
-    print(f"generate: {len(rows)} samples -> {SAMPLES}")
+    print(f"generate: {len(rows)} samples -> {SAMPLES}, {SAMPLES_JSONL}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -126,6 +126,8 @@ def test_stage_writes_the_same_samples_every_run(lm_repo):
     run(["dvc", "repro", "generate"], lm_repo)
     samples = (lm_repo / "reports/samples.md").read_text()
     assert samples.count("\n## ") == 5 and "## this movie" in samples
+    rows = [json.loads(line) for line in (lm_repo / "reports/samples.jsonl").read_text().splitlines()]
+    assert [r["prompt"] for r in rows][0] == "this movie" and len(rows) == 5 and rows[0]["text"] in samples
     m = json.loads((lm_repo / "metrics/generate.json").read_text())
     assert m["samples"] == 5 and m["mean_tokens"] > 0
     generate(lm_repo)  # the stage's command again
