@@ -52,26 +52,26 @@ def confident_mistakes(ids: list[str], texts: list[str], y: np.ndarray, p: np.nd
     return [{"id": ids[i], "label": int(y[i]), "p_positive": round(float(p[i]), 4), "text": texts[i]} for i in worst]
 
 
-def main() -> None:
+def main(model_path: Path = MODEL, metrics_path: Path = METRICS, plots_dir: Path = PLOTS, mistakes_path: Path = MISTAKES) -> None:
     params = load_params()["evaluate"]
     torch.set_num_threads(cpu_count())
-    model, ckpt = load_classifier(MODEL)
+    model, ckpt = load_classifier(model_path)
     seqs, y, ids = data.load_split(VOCAB_DIR / "test.parquet")
     n_tokens = np.array([len(s) for s in seqs])
     seqs = [data.truncate(s, ckpt["max_len"], ckpt["head_fraction"]) for s in seqs]
     p = predict_proba(model, seqs, params.batch_size)
     metrics = {k: round(v, 6) for k, v in scoring.binary_metrics(y, p).items()}
     metrics["reviews"] = len(y)
-    with atomic_dir(PLOTS) as tmp:
+    with atomic_dir(plots_dir) as tmp:
         write_plots(tmp, y.astype(int), p, n_tokens)
     import pyarrow.parquet as pq
 
     tokens = pq.read_table(TOKENS, columns=["tokens"])["tokens"].to_pylist()
     mistakes = confident_mistakes(ids, [" ".join(t) for t in tokens], y, p, params.n_mistakes)
-    MISTAKES.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(MISTAKES) as tmp:
+    mistakes_path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(mistakes_path) as tmp:
         tmp.write_text("".join(json.dumps(m, ensure_ascii=False) + "\n" for m in mistakes), encoding="utf-8")
-    write_json(METRICS, metrics)
+    write_json(metrics_path, metrics)
     print(f"evaluate: test accuracy {metrics['accuracy']:.4f}, ROC-AUC {metrics['roc_auc']:.4f} on {len(y):,} reviews")
 
 

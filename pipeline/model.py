@@ -89,3 +89,161 @@ def predict_proba(model, seqs: list[np.ndarray], batch_size: int) -> np.ndarray:
         ids, lens = data.collate([seqs[i] for i in b])
         probs[b] = torch.sigmoid(model(ids, lens).float()).numpy()
     return probs
+
+
+# ---------------------------------------------------------------------------------------------
+# The language model (stage train_lm) and the mapping of its weights onto the Classifier.
+
+
+class LockedDropout(nn.Module):
+    """Variational dropout: one mask per sequence, shared over time steps (AWD-LSTM)."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (batch, time, features)
+        if not self.training or self.p == 0:
+            return x
+        mask = x.new_empty(x.size(0), 1, x.size(2)).bernoulli_(1 - self.p) / (1 - self.p)
+        return x * mask
+
+
+class LanguageModel(nn.Module):
+    """Word-level LSTM LM: tied embedding -> LSTM layers -> (projection) -> adaptive softmax.
+
+    The embedding matrix *is* the output layer's weights: the adaptive softmax's head rows for
+    the shortlist and each tail's output rows, concatenated. With div_value 1 every tail's
+    output layer is embed_dim wide, so all of it can be tied. Each layer is its own single-layer
+    nn.LSTM, like Classifier.fwd, so layer i maps onto the classifier's forward LSTM i.
+    """
+
+    def __init__(self, vocab_size: int, embed_dim: int, hidden: int, layers: int, cutoffs: list[int],
+                 dropout_emb: float = 0.0, dropout_in: float = 0.0, dropout_hidden: float = 0.0,
+                 dropout_out: float = 0.0, weight_drop: float = 0.0):
+        super().__init__()
+        cutoffs = [c for c in cutoffs if c < vocab_size]
+        self.config = dict(
+            vocab_size=vocab_size, embed_dim=embed_dim, hidden=hidden, layers=layers, cutoffs=list(cutoffs),
+            dropout_emb=dropout_emb, dropout_in=dropout_in, dropout_hidden=dropout_hidden,
+            dropout_out=dropout_out, weight_drop=weight_drop,
+        )
+        self.lstm = nn.ModuleList(nn.LSTM(embed_dim if i == 0 else hidden, hidden, batch_first=True) for i in range(layers))
+        self.proj = nn.Linear(hidden, embed_dim, bias=False) if hidden != embed_dim else None
+        self.softmax = nn.AdaptiveLogSoftmaxWithLoss(embed_dim, vocab_size, cutoffs, div_value=1.0)
+        self.shortlist = self.softmax.shortlist_size
+        self.drop_in, self.drop_hidden, self.drop_out = LockedDropout(dropout_in), LockedDropout(dropout_hidden), LockedDropout(dropout_out)
+        self.dropout_emb, self.weight_drop = dropout_emb, weight_drop
+        with torch.no_grad():  # embedding-scale init of the tied rows
+            for w in self.tied_parts():
+                w.uniform_(-0.1, 0.1)
+
+    def tied_parts(self) -> list[torch.Tensor]:
+        """The parameters whose rows, in order, make the embedding matrix (the head's extra rows score clusters)."""
+        return [self.softmax.head.weight] + [tail[1].weight for tail in self.softmax.tail]
+
+    def embedding_weight(self) -> torch.Tensor:
+        head, *tails = self.tied_parts()
+        return torch.cat([head[: self.shortlist], *tails])
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        w = self.embedding_weight()
+        if self.training and self.dropout_emb > 0:  # drop whole words, the same in every position
+            w = w * w.new_empty(w.size(0), 1).bernoulli_(1 - self.dropout_emb) / (1 - self.dropout_emb)
+        return nn.functional.embedding(ids, w)
+
+    def _run(self, lstm: nn.LSTM, x, state):
+        if self.training and self.weight_drop > 0:  # DropConnect: one mask on W_hh for the whole batch
+            weights = {n: getattr(lstm, n) for n in lstm._flat_weights_names}
+            weights["weight_hh_l0"] = nn.functional.dropout(lstm.weight_hh_l0, self.weight_drop, training=True)
+            return torch.func.functional_call(lstm, weights, (x, state))
+        return lstm(x, state)
+
+    def forward(self, ids: torch.Tensor, state: list | None = None):
+        """(batch, time) ids -> (batch, time, embed_dim) features for the softmax, and the new state."""
+        x = self.drop_in(self.embed(ids))
+        new_state = []
+        for i, lstm in enumerate(self.lstm):
+            x, s = self._run(lstm, x, None if state is None else state[i])
+            new_state.append(s)
+            x = self.drop_hidden(x) if i < len(self.lstm) - 1 else x
+        if self.proj is not None:
+            x = self.proj(x)
+        return self.drop_out(x), new_state
+
+    def loss(self, features: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Summed NLL over the targets that count (not <bos>: it always follows <eos>), and their number."""
+        features, targets = features.reshape(-1, features.size(-1)), targets.reshape(-1)
+        keep = targets != LM_BOS_ID
+        features, targets = features[keep], targets[keep]
+        if targets.numel() == 0:
+            return features.sum() * 0.0, 0
+        return self.softmax(features.float(), targets).loss * targets.numel(), int(targets.numel())
+
+    def log_probs(self, features: torch.Tensor) -> torch.Tensor:
+        """(n, embed_dim) -> (n, vocab) log-probabilities of the next word."""
+        return self.softmax.log_prob(features.float())
+
+
+LM_BOS_ID = 2  # pipeline.vocab.BOS_ID (model.py does not import the vocab stage)
+
+
+def load_lm(path: Path = Path("models/lm.pt"), device: str = "cpu"):
+    if not path.is_file():
+        raise PipelineError(f"language model {path} not found (run the train_lm stage first: dvc repro train_lm)")
+    ckpt = torch.load(path, map_location=device, weights_only=True)
+    model = LanguageModel(**ckpt["config"])
+    model.load_state_dict(ckpt["state_dict"])
+    model.eval()
+    return model, ckpt
+
+
+def lm_param_names(classifier_config: dict, lm_config: dict) -> list[str]:
+    """The classifier parameters that start from the LM: the embedding, and forward LSTM i while shapes agree.
+
+    Layer 1 always agrees (embed_dim -> hidden, checked below); a deeper layer only in a
+    unidirectional classifier, whose layer i reads hidden features as the LM's does.
+    """
+    for key in ("embed_dim", "hidden"):
+        if lm_config[key] != classifier_config[key]:
+            raise PipelineError(f"train.{key} ({classifier_config[key]}) must equal train_lm.{key} ({lm_config[key]}) "
+                                "to start the classifier from the language model")
+    if lm_config["vocab_size"] != classifier_config["vocab_size"]:
+        raise PipelineError(f"the language model has a {lm_config['vocab_size']}-word vocabulary, the classifier "
+                            f"{classifier_config['vocab_size']}: rerun train_lm on the current vocab")
+    layers = min(lm_config["layers"], classifier_config["layers"])
+    if classifier_config["bidirectional"]:
+        layers = 1
+    names = ["embedding.weight"]
+    for i in range(layers):
+        names += [f"fwd.{i}.{n}_l0" for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+    return names
+
+
+def init_classifier_from_lm(classifier: Classifier, lm_state: dict, lm_config: dict) -> list[str]:
+    """Copy the LM's embedding and LSTM layers into the classifier (see lm_param_names); returns the names copied.
+
+    The LM's layer i maps onto the classifier's forward LSTM i (one direction, left to right,
+    like the LM); the backward LSTMs and the output layer keep their random start.
+    """
+    names = lm_param_names(classifier.config, lm_config)
+    lm = LanguageModel(**lm_config)
+    lm.load_state_dict(lm_state)
+    params = dict(classifier.named_parameters())
+    with torch.no_grad():
+        params["embedding.weight"].copy_(lm.embedding_weight())
+        params["embedding.weight"][0].zero_()  # <pad> stays the zero vector nn.Embedding(padding_idx=0) starts with
+        for name in names[1:]:
+            _, i, leaf = name.split(".")
+            params[name].copy_(getattr(lm.lstm[int(i)], leaf))
+    return names
+
+
+def load_lm_init(path: Path, lr_mult: float, unfreeze_epoch: int) -> dict:
+    """What train needs to start from the LM: its weights and config, the schedule, and a digest of the file."""
+    import hashlib
+
+    _, ckpt = load_lm(path)
+    return {"state_dict": ckpt["state_dict"], "config": ckpt["config"], "lr_mult": lr_mult,
+            "unfreeze_epoch": unfreeze_epoch, "digest": hashlib.sha256(path.read_bytes()).hexdigest()}
+

@@ -138,6 +138,52 @@ class ReportParams:
     max_chars: int = _f(min=20)  # longer texts are cut at a word boundary
 
 
+@dataclass
+class TrainLMParams:
+    seed: int = _f(min=0)
+    token_budget: int = _f(min=0)  # training tokens taken from the stream per epoch; 0 = all
+    eval_tokens: int = _f(min=0)  # valid/test tokens scored; 0 = all
+    embed_dim: int = _f(min=1)
+    hidden: int = _f(min=1)  # a projection maps hidden -> embed_dim when they differ (tied weights)
+    layers: int = _f(min=1, max=8)
+    cutoffs: list[int] = _f()  # adaptive softmax cluster boundaries, increasing, below the vocab size
+    dropout_emb: float = _f(min=0, lt=1)  # drops whole words (rows of the embedding)
+    dropout_in: float = _f(min=0, lt=1)  # locked dropout on the embeddings
+    dropout_hidden: float = _f(min=0, lt=1)  # locked dropout between LSTM layers
+    dropout_out: float = _f(min=0, lt=1)  # locked dropout before the softmax
+    weight_drop: float = _f(min=0, lt=1)  # DropConnect on the hidden-to-hidden weights; 0 = off
+    bptt: int = _f(min=5)  # mean truncated-BPTT length; ~N(bptt, 5) with p=0.95, else bptt/2
+    batch_size: int = _f(min=1)
+    eval_batch_size: int = _f(min=1)
+    epochs: int = _f(min=1)
+    lr: float = _f(gt=0)
+    lr_schedule: str = _f(choices=["constant", "cosine", "linear"])
+    warmup: float = _f(min=0, lt=1)
+    weight_decay: float = _f(min=0)
+    clip: float = _f(min=0)
+    eval_every: int = _f(min=0)  # steps between valid checks + resume states (and at each epoch end); 0 = epoch ends only
+    threads: int = _f(min=0)
+    device: str = _f(choices=["auto", "cpu", "cuda"])
+    resume: bool = _f()  # continue from models/train_lm.resume.pt after an interruption
+
+
+@dataclass
+class GenerateParams:
+    prompts: list[str] = _f()
+    max_tokens: int = _f(min=1)
+    temperature: float = _f(min=0)  # 0 = greedy
+    top_k: int = _f(min=0)  # 0 = no top-k cut
+    top_p: float = _f(gt=0, max=1)  # 1 = no nucleus cut
+    seed: int = _f(min=0)
+    allow_unk: bool = _f()  # let <unk> be sampled
+
+
+@dataclass
+class TrainFromLMParams:
+    lm_lr_mult: float = _f(min=0)  # lr of the LM-initialised weights, relative to train.lr
+    unfreeze_epoch: int = _f(min=0)  # LM-initialised weights stay frozen for this many epochs
+
+
 SECTIONS = {
     "download": DownloadParams,
     "tokenize": TokenizeParams,
@@ -146,6 +192,9 @@ SECTIONS = {
     "evaluate": EvaluateParams,
     "baseline": BaselineParams,
     "report": ReportParams,
+    "train_lm": TrainLMParams,
+    "generate": GenerateParams,
+    "train_from_lm": TrainFromLMParams,
 }
 
 

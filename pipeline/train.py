@@ -20,7 +20,7 @@ from torch import nn
 
 from pipeline import data, distributed
 from pipeline.common import PipelineError, cpu_count, run_main, save_torch, write_json
-from pipeline.model import Classifier
+from pipeline.model import Classifier, init_classifier_from_lm, lm_param_names, load_lm_init
 from pipeline.params import TrainParams, load_params
 from pipeline.vocab import read_vocab
 
@@ -30,6 +30,10 @@ MODEL = Path("models/classifier.pt")
 RESUME = Path("models/train.resume.pt")
 METRICS = Path("metrics/train.json")
 LIVE_DIR = "dvclive/train"
+LM = Path("models/lm.pt")
+# Stage train_from_lm (train.main(init="lm")): the same classifier started from the LM, its own outputs.
+FROM_LM = dict(model=Path("models/classifier_lm.pt"), resume=Path("models/train_from_lm.resume.pt"),
+               metrics=Path("metrics/train_from_lm.json"), live="dvclive/train_from_lm")
 
 
 def pick_device(name: str) -> torch.device:
@@ -113,7 +117,7 @@ def signature(params: TrainParams, vocab_size: int, n_train: int) -> dict:
     return {**sig, "vocab_size": vocab_size, "n_train": n_train}
 
 
-def build_model(params: TrainParams, vocab_size: int, vectors: np.ndarray | None) -> Classifier:
+def build_model(params: TrainParams, vocab_size: int, vectors: np.ndarray | None, lm: dict | None = None) -> Classifier:
     torch.manual_seed(params.seed)
     model = Classifier(vocab_size, params.embed_dim, params.hidden, params.layers, params.bidirectional, params.dropout)
     if vectors is not None:
@@ -123,29 +127,45 @@ def build_model(params: TrainParams, vocab_size: int, vectors: np.ndarray | None
                 f"embed_dim is {params.embed_dim}"
             )
         model.embedding.weight.data.copy_(torch.from_numpy(vectors))
+    if lm is not None:  # embedding and first LSTM layer(s) from the language model (pipeline.model.load_lm_init)
+        init_classifier_from_lm(model, lm["state_dict"], lm["config"])
     return model
 
 
 def fit(params: TrainParams, vocab_size: int, train, valid, device: torch.device, resume_path: Path | None = None,
-        vectors: np.ndarray | None = None, log: Callable[[dict], None] | None = None) -> dict:
+        vectors: np.ndarray | None = None, log: Callable[[dict], None] | None = None, lm: dict | None = None) -> dict:
     """Train with early stopping on valid loss. `train`/`valid` are (seqs, labels), already truncated.
 
     With `resume_path`, state is saved there after every epoch and picked up again if it
     matches these params. Returns the best weights, the per-epoch history and counters.
+    With `lm` (pipeline.model.load_lm_init), the weights copied from the language model train at
+    lr * lm["lr_mult"] and stay frozen for the first lm["unfreeze_epoch"] epochs.
     """
     train_seqs, train_y = train
     valid_seqs, valid_y = valid
     train_len = np.array([len(s) for s in train_seqs])
     valid_batches = data.bucket_batches(np.array([len(s) for s in valid_seqs]), params.batch_size * 4, None)
 
-    model = build_model(params, vocab_size, vectors).to(device)
+    model = build_model(params, vocab_size, vectors, lm).to(device)
     net = distributed.wrap(model, device)  # DDP under torchrun; `model` stays the bare weights
-    optimizer = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
+    pretrained_names = set(lm_param_names(model.config, lm["config"])) if lm is not None else set()
+    pretrained = [p for n, p in model.named_parameters() if n in pretrained_names]
+    groups = [{"params": [p for n, p in model.named_parameters() if n not in pretrained_names]}]
+    if pretrained:
+        groups.append({"params": pretrained, "lr": params.lr * lm["lr_mult"]})
+    optimizer = torch.optim.AdamW(groups, lr=params.lr, weight_decay=params.weight_decay)
     steps_per_epoch = math.ceil(len(train_seqs) / params.batch_size)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(params.lr_schedule, params.warmup, steps_per_epoch * params.epochs))
+    schedule = lr_lambda(params.lr_schedule, params.warmup, steps_per_epoch * params.epochs)
+    schedules = [schedule]
+    if pretrained:  # the LM's weights stay put (lr 0) for unfreeze_epoch epochs; requires_grad would upset DDP
+        frozen_steps = lm["unfreeze_epoch"] * steps_per_epoch
+        schedules.append(lambda step: schedule(step) if step >= frozen_steps else 0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedules)
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and not torch.cuda.is_bf16_supported() else None
 
     sig = signature(params, vocab_size, len(train_seqs))
+    if lm is not None:
+        sig.update(lm_lr_mult=lm["lr_mult"], unfreeze_epoch=lm["unfreeze_epoch"], lm_digest=lm["digest"])
     state = {"epoch": 0, "best": None, "best_loss": float("inf"), "best_epoch": 0, "bad_epochs": 0, "history": []}
     if resume_path is not None and resume_path.is_file():
         saved = torch.load(resume_path, map_location=device, weights_only=True)
@@ -197,9 +217,12 @@ def load_data(params: TrainParams, split: str):
     return [data.truncate(s, params.max_len, params.head_fraction) for s in seqs], labels
 
 
-def main() -> None:
+def main(init: str = "scratch") -> None:
+    """init "scratch" is stage train; "lm" is stage train_from_lm, with its own outputs (FROM_LM)."""
+    out = FROM_LM if init == "lm" else dict(model=MODEL, resume=RESUME, metrics=METRICS, live=LIVE_DIR)
     params: TrainParams = load_params()["train"]
-    distributed.relaunch(params.nproc, "pipeline.train")  # train.nproc > 1: continue under torchrun
+    # train.nproc > 1: continue under torchrun
+    distributed.relaunch(params.nproc, "pipeline.train_from_lm" if init == "lm" else "pipeline.train")
     torch.set_num_threads(params.threads or max(1, cpu_count() // distributed.local_world()))
     device = distributed.init(pick_device(params.device))
     if not (VOCAB_DIR / "vocab.tsv").is_file():
@@ -210,26 +233,30 @@ def main() -> None:
 
     from dvclive import Live
 
-    resume = RESUME if params.resume else None
+    lm = None
+    if init == "lm":
+        from_lm = load_params()["train_from_lm"]
+        lm = load_lm_init(LM, from_lm.lm_lr_mult, from_lm.unfreeze_epoch)
+    resume = out["resume"] if params.resume else None
     resuming = resume is not None and resume.is_file()
     # Rank 0 alone writes curves, metrics and weights; all ranks hold the same all-reduced numbers.
-    with (Live(LIVE_DIR, dvcyaml=None, save_dvc_exp=False, resume=resuming) if distributed.is_main()
+    with (Live(out["live"], dvcyaml=None, save_dvc_exp=False, resume=resuming) if distributed.is_main()
           else contextlib.nullcontext()) as live:
         def log(row):
             for k in ("train_loss", "train_acc", "valid_loss", "valid_acc"):
                 live.log_metric(k.replace("_", "/", 1), round(row[k], 6))
             live.next_step()
 
-        result = fit(params, vocab_size, train, valid, device, resume, vectors, log if live is not None else None)
-    distributed.report("train")
+        result = fit(params, vocab_size, train, valid, device, resume, vectors, log if live is not None else None, lm)
+    distributed.report("train_from_lm" if init == "lm" else "train")
     if not distributed.is_main():
         return
 
     best = result["history"][result["best_epoch"] - 1]
     save_torch({"config": result["model"].config, "state_dict": {k: v.cpu() for k, v in result["best"].items()},
-                "max_len": params.max_len, "head_fraction": params.head_fraction}, MODEL)
-    RESUME.unlink(missing_ok=True)
-    write_json(METRICS, {
+                "max_len": params.max_len, "head_fraction": params.head_fraction}, out["model"])
+    out["resume"].unlink(missing_ok=True)
+    write_json(out["metrics"], {
         "best_epoch": result["best_epoch"],
         "epochs_run": result["epoch"],
         "valid_loss": round(best["valid_loss"], 6),

@@ -23,6 +23,9 @@ TINY = {
     "vocab": {"max_size": 2000},
     "train": {"embed_dim": 16, "hidden": 16, "max_len": 64, "batch_size": 32, "epochs": 2, "threads": 1, "patience": 2},
     "evaluate": {"n_mistakes": 5},
+    # dims equal to train's, so train_from_lm can start from this LM
+    "train_lm": {"token_budget": 30000, "eval_tokens": 8000, "embed_dim": 16, "hidden": 16, "cutoffs": [500, 1000],
+                 "batch_size": 16, "eval_batch_size": 8, "eval_every": 0, "threads": 1},
 }
 
 
@@ -91,3 +94,11 @@ def raw_sample(tmp_path_factory) -> Path:
     with tarfile.open(SAMPLE) as tar:
         tar.extractall(d, filter="data")
     return d
+
+
+@pytest.fixture(scope="session")
+def lm_repo(tmp_path_factory) -> Path:
+    """A tiny config's repo with the language model trained (`dvc repro train_lm`), shared by the LM tests."""
+    repo = make_repo(tmp_path_factory.mktemp("lm") / "repo")
+    run(["dvc", "repro", "train_lm"], repo)
+    return repo

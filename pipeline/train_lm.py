@@ -1,0 +1,296 @@
+"""Stage train_lm: a word-level LSTM language model on the train + unlabelled reviews.
+
+Each review becomes <bos> ... <eos>; the reviews, in a seeded random order, make one stream,
+cut to train_lm.token_budget tokens and split into batch_size parallel strands, read with
+truncated BPTT of variable length (AWD-LSTM). Valid and test perplexity (of the best-on-valid
+weights) go to metrics/train_lm.json, curves to dvclive/train_lm/, the model to models/lm.pt.
+
+Every eval_every steps and at each epoch's end the full state (weights, optimizer, carried
+hidden state, RNG) goes to models/train_lm.resume.pt; after an interruption train_lm.resume
+carries on from it and ends with the same weights an uninterrupted run would have.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline import data
+from pipeline.common import PipelineError, cpu_count, run_main, save_torch, write_json
+from pipeline.model import LanguageModel
+from pipeline.params import TrainLMParams, load_params
+from pipeline.train import autocast, lr_lambda
+from pipeline.vocab import BOS_ID, EOS_ID, read_vocab
+
+VOCAB_DIR = Path("data/vocab")
+MODEL = Path("models/lm.pt")
+RESUME = Path("models/train_lm.resume.pt")
+METRICS = Path("metrics/train_lm.json")
+LIVE_DIR = "dvclive/train_lm"
+EVAL_SEED = 0  # valid/test order: fixed, so eval_tokens cuts the same reviews whatever train_lm.seed is
+
+
+def make_stream(seqs: list[np.ndarray], seed: int, max_tokens: int = 0) -> np.ndarray:
+    """Reviews in a seeded order, each as <bos> ids <eos>, concatenated; cut to max_tokens (0 = all)."""
+    order = np.random.default_rng(seed).permutation(len(seqs))
+    bos, eos = np.array([BOS_ID]), np.array([EOS_ID])
+    parts = []
+    total = 0
+    for i in order:
+        parts += [bos, seqs[i], eos]
+        total += len(seqs[i]) + 2
+        if max_tokens and total > max_tokens:  # one extra token: the last target
+            break
+    stream = np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+    return stream[: max_tokens + 1] if max_tokens else stream
+
+
+def batchify(stream: np.ndarray, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(batch, n) inputs and next-token targets: strand b is a contiguous piece of the stream."""
+    n = (len(stream) - 1) // batch_size
+    if n < 1:
+        raise PipelineError(f"{len(stream)} tokens are too few for batch size {batch_size}: raise the token budget")
+    x = torch.from_numpy(stream[: batch_size * n].reshape(batch_size, n))
+    y = torch.from_numpy(stream[1 : batch_size * n + 1].reshape(batch_size, n))
+    return x, y
+
+
+def bptt_schedule(n: int, bptt: int, rng: np.random.Generator) -> list[tuple[int, int]]:
+    """(start, length) windows covering 0..n: length ~ N(bptt, 5) with p=0.95, else N(bptt/2, 5); at least 5."""
+    out, i = [], 0
+    while i < n:
+        base = bptt if rng.random() < 0.95 else bptt / 2
+        length = min(max(5, int(rng.normal(base, 5))), n - i)
+        out.append((i, length))
+        i += length
+    return out
+
+
+def detach(state):
+    return [tuple(t.detach() for t in s) for s in state] if state is not None else None
+
+
+@torch.no_grad()
+def nll(model: LanguageModel, stream: np.ndarray, batch_size: int, bptt: int, device: torch.device) -> tuple[float, int]:
+    """Summed negative log-likelihood of the stream's tokens (except <bos>) and their count."""
+    model.eval()
+    x, y = batchify(stream, batch_size)
+    total, count, state = 0.0, 0, None
+    for i in range(0, x.size(1), bptt):
+        with autocast(device):
+            features, state = model(x[:, i : i + bptt].to(device), state)
+        loss, k = model.loss(features, y[:, i : i + bptt].to(device))
+        total += float(loss)
+        count += k
+    return total, count
+
+
+def perplexity(total: float, count: int) -> float:
+    return math.exp(total / max(count, 1))
+
+
+def signature(params: TrainLMParams, vocab_size: int, n_train: int) -> dict:
+    sig = dataclasses.asdict(params)
+    for key in ("resume", "threads", "device"):
+        sig.pop(key)
+    return {**sig, "vocab_size": vocab_size, "n_train": n_train}
+
+
+def build_lm(params: TrainLMParams, vocab_size: int) -> LanguageModel:
+    torch.manual_seed(params.seed)
+    cutoffs = list(params.cutoffs)
+    if not cutoffs or cutoffs != sorted(set(cutoffs)) or cutoffs[0] <= 0:
+        raise PipelineError(f"train_lm.cutoffs must be increasing positive numbers, got {cutoffs}")
+    if cutoffs[0] >= vocab_size:
+        raise PipelineError(f"train_lm.cutoffs must start below the vocabulary size ({vocab_size}), got {cutoffs}")
+    return LanguageModel(vocab_size, params.embed_dim, params.hidden, params.layers, cutoffs, params.dropout_emb,
+                         params.dropout_in, params.dropout_hidden, params.dropout_out, params.weight_drop)
+
+
+def _rng_state(device: torch.device) -> dict:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"].cpu())
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
+
+
+def fit_lm(params: TrainLMParams, vocab_size: int, train: np.ndarray, valid: np.ndarray, device: torch.device,
+           resume_path: Path | None = None, log: Callable[[dict], None] | None = None) -> dict:
+    """Train on the `train` stream, checking perplexity on `valid`; returns the best weights, history, counters.
+
+    With `resume_path`, the whole state is saved there every eval_every steps and at each
+    epoch's end, and picked up again if it matches these params.
+    """
+    x, y = batchify(train, params.batch_size)
+    schedules = [bptt_schedule(x.size(1), params.bptt, np.random.default_rng([params.seed, e])) for e in range(params.epochs)]
+    total_steps = sum(len(s) for s in schedules)
+    lr_at = lr_lambda(params.lr_schedule, params.warmup, total_steps)
+
+    model = build_lm(params, vocab_size).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
+    scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and not torch.cuda.is_bf16_supported() else None
+
+    sig = signature(params, vocab_size, len(train))
+    state = {"epoch": 0, "step": 0, "global_step": 0, "hidden": None, "rng": None, "loss_sum": 0.0, "loss_count": 0,
+             "best": None, "best_ppl": float("inf"), "best_step": 0, "history": [], "seconds": 0.0}
+    if resume_path is not None and resume_path.is_file():
+        saved = torch.load(resume_path, map_location=device, weights_only=True)
+        if saved.get("signature") == sig:
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            state = saved["state"]
+            print(f"train_lm: resuming at epoch {state['epoch'] + 1}, step {state['step']} from {resume_path}")
+        else:
+            print(f"train_lm: ignoring {resume_path}, it was made with other params")
+    resumed_at = state["global_step"]
+
+    def elapsed() -> float:
+        return state["seconds"] + time.perf_counter() - t0
+
+    def check(epoch: float) -> None:
+        """Valid perplexity: a history row, and the best weights so far."""
+        va_total, va_count = nll(model, valid, params.eval_batch_size, params.bptt, device)
+        row = {"step": state["global_step"], "epoch": round(epoch, 4),
+               "train_ppl": perplexity(state["loss_sum"], state["loss_count"]),
+               "valid_ppl": perplexity(va_total, va_count), "minutes": elapsed() / 60}
+        state["loss_sum"], state["loss_count"] = 0.0, 0
+        state["history"].append(row)
+        if row["valid_ppl"] < state["best_ppl"]:
+            state.update(best_ppl=row["valid_ppl"], best=copy.deepcopy(model.state_dict()), best_step=row["step"])
+        print(f"step {row['step']} (epoch {row['epoch']:.2f}): train ppl {row['train_ppl']:.1f} | "
+              f"valid ppl {row['valid_ppl']:.1f} | {row['minutes']:.1f} min")
+        if log:
+            log(row)
+
+    def save() -> None:
+        if resume_path is not None:
+            save_torch({"signature": sig, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "state": {**state, "seconds": elapsed()}}, resume_path)
+
+    tokens = 0
+    t0 = time.perf_counter()
+    while state["epoch"] < params.epochs:
+        epoch, schedule = state["epoch"], schedules[state["epoch"]]
+        if state["step"] == 0:  # a fresh epoch; a resumed one restores the RNG it stopped with
+            torch.manual_seed(params.seed * 1000 + epoch)
+        else:
+            _set_rng_state(state["rng"], device)
+        hidden = None if state["hidden"] is None else [tuple(t.to(device) for t in s) for s in state["hidden"]]
+        while state["step"] < len(schedule):
+            start, length = schedule[state["step"]]
+            model.train()
+            lr = params.lr * lr_at(state["global_step"]) * length / params.bptt  # longer windows, larger steps
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            with autocast(device):
+                features, hidden = model(x[:, start : start + length].to(device, non_blocking=True), hidden)
+            loss, count = model.loss(features, y[:, start : start + length].to(device, non_blocking=True))
+            hidden = detach(hidden)
+            optimizer.zero_grad(set_to_none=True)
+            mean = loss / max(count, 1)
+            if scaler is not None:
+                scaler.scale(mean).backward()
+                scaler.unscale_(optimizer)
+            else:
+                mean.backward()
+            if params.clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), params.clip)
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            state["loss_sum"] += loss.item()
+            state["loss_count"] += count
+            tokens += length * params.batch_size
+            state["step"] += 1
+            state["global_step"] += 1
+            if params.eval_every and state["step"] % params.eval_every == 0 and state["step"] < len(schedule):
+                check(epoch + state["step"] / len(schedule))
+                state["hidden"], state["rng"] = hidden, _rng_state(device)
+                save()
+        check(epoch + 1)
+        state.update(epoch=epoch + 1, step=0, hidden=None, rng=None)
+        save()
+    seconds = state["seconds"] + time.perf_counter() - t0
+    return {**state, "model": model, "tokens": tokens, "seconds": seconds, "resumed_at": resumed_at}
+
+
+def load_streams(params: TrainLMParams) -> dict[str, np.ndarray]:
+    """train = train + unsup reviews (seeded order, cut to the token budget); valid, test (cut to eval_tokens)."""
+    unsup = VOCAB_DIR / "unsup.parquet"
+    if not unsup.is_file():
+        raise PipelineError(f"{unsup} not found: the language model needs the unlabelled reviews "
+                            "(set tokenize.unsup: true and vocab.use_unsup: true, then dvc repro vocab)")
+    train = data.load_split(VOCAB_DIR / "train.parquet")[0] + data.load_split(unsup)[0]
+    return {
+        "train": make_stream(train, params.seed, params.token_budget),
+        "valid": make_stream(data.load_split(VOCAB_DIR / "valid.parquet")[0], EVAL_SEED, params.eval_tokens),
+        "test": make_stream(data.load_split(VOCAB_DIR / "test.parquet")[0], EVAL_SEED, params.eval_tokens),
+    }
+
+
+def main() -> None:
+    all_params = load_params()
+    params: TrainLMParams = all_params["train_lm"]
+    torch.set_num_threads(params.threads or cpu_count())
+    if params.device == "cuda" and not torch.cuda.is_available():
+        raise PipelineError("train_lm.device is cuda but no CUDA device is available")
+    device = torch.device("cuda" if params.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+    if not (VOCAB_DIR / "vocab.tsv").is_file():
+        raise PipelineError(f"{VOCAB_DIR}/vocab.tsv not found (run the vocab stage first)")
+    itos = read_vocab(VOCAB_DIR / "vocab.tsv")
+    streams = load_streams(params)
+    print(f"train_lm: {len(streams['train']) - 1:,} training tokens, {len(itos):,}-word vocabulary, {device}")
+
+    from dvclive import Live
+
+    resume = RESUME if params.resume else None
+    resuming = resume is not None and resume.is_file()
+    with Live(LIVE_DIR, dvcyaml=None, save_dvc_exp=False, resume=resuming) as live:
+        def log(row):
+            live.log_metric("train/ppl", round(row["train_ppl"], 4))
+            live.log_metric("valid/ppl", round(row["valid_ppl"], 4))
+            live.log_metric("minutes", round(row["minutes"], 3))
+            live.next_step()
+
+        result = fit_lm(params, len(itos), streams["train"], streams["valid"], device, resume, log)
+
+    model = result["model"]
+    model.load_state_dict(result["best"])
+    va = nll(model, streams["valid"], params.eval_batch_size, params.bptt, device)
+    te = nll(model, streams["test"], params.eval_batch_size, params.bptt, device)
+    save_torch({"config": model.config, "state_dict": {k: v.cpu() for k, v in result["best"].items()}, "itos": itos,
+                "lowercase": all_params["tokenize"].lowercase}, MODEL)
+    RESUME.unlink(missing_ok=True)
+    write_json(METRICS, {
+        "valid_ppl": round(perplexity(*va), 4),
+        "test_ppl": round(perplexity(*te), 4),
+        "valid_tokens": va[1],
+        "test_tokens": te[1],
+        "train_tokens": len(streams["train"]) - 1,
+        "best_step": result["best_step"],
+        "steps": result["global_step"],
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "vocab_size": len(itos),
+    })
+    rate = result["tokens"] / max(result["seconds"], 1e-9)
+    print(f"train_lm: valid ppl {perplexity(*va):.1f}, test ppl {perplexity(*te):.1f} "
+          f"({result['seconds'] / 60:.1f} min, {rate:,.0f} train tokens/s, {device})")
+
+
+if __name__ == "__main__":
+    run_main(main)
