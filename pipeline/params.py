@@ -111,6 +111,7 @@ class TrainParams:
     weight_decay: float = _f(min=0)
     clip: float = _f(min=0)  # 0 = no gradient clipping
     patience: int = _f(min=1)
+    monitor: str = _f(choices=["valid_acc", "valid_loss"])  # picks the best epoch and drives early stopping
     threads: int = _f(min=0)  # 0 = one per core
     device: str = _f(choices=["auto", "cpu", "cuda"])
     nproc: int = _f(min=1)  # processes on this machine; > 1 runs under torchrun (DDP), batch_size stays global

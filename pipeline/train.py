@@ -166,7 +166,7 @@ def fit(params: TrainParams, vocab_size: int, train, valid, device: torch.device
     sig = signature(params, vocab_size, len(train_seqs))
     if lm is not None:
         sig.update(lm_lr_mult=lm["lr_mult"], unfreeze_epoch=lm["unfreeze_epoch"], lm_digest=lm["digest"])
-    state = {"epoch": 0, "best": None, "best_loss": float("inf"), "best_epoch": 0, "bad_epochs": 0, "history": []}
+    state = {"epoch": 0, "best": None, "best_score": float("-inf"), "best_epoch": 0, "bad_epochs": 0, "history": []}
     if resume_path is not None and resume_path.is_file():
         saved = torch.load(resume_path, map_location=device, weights_only=True)
         if saved.get("signature") == sig:
@@ -194,8 +194,11 @@ def fit(params: TrainParams, vocab_size: int, train, valid, device: torch.device
         va_loss, va_acc, _ = run_epoch(net, valid_seqs, valid_y, valid_batches, device)
         row = {"epoch": epoch + 1, "train_loss": tr_loss, "train_acc": tr_acc, "valid_loss": va_loss, "valid_acc": va_acc}
         state["history"].append(row)
-        if va_loss < state["best_loss"]:
-            state.update(best_loss=va_loss, best=copy.deepcopy(model.state_dict()), best_epoch=epoch + 1, bad_epochs=0)
+        # valid_acc keeps improving for an epoch or two after valid_loss turns up (the model grows
+        # over-confident), so the monitored value is a param; higher is better for both.
+        score = va_acc if params.monitor == "valid_acc" else -va_loss
+        if score > state["best_score"]:
+            state.update(best_score=score, best=copy.deepcopy(model.state_dict()), best_epoch=epoch + 1, bad_epochs=0)
         else:
             state["bad_epochs"] += 1
         state["epoch"] = epoch + 1
@@ -207,7 +210,7 @@ def fit(params: TrainParams, vocab_size: int, train, valid, device: torch.device
             save_torch({"signature": sig, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(), "state": state}, resume_path)
     if state["bad_epochs"] >= params.patience:
-        print(f"train: early stop, valid loss has not improved for {params.patience} epochs")
+        print(f"train: early stop, {params.monitor} has not improved for {params.patience} epochs")
     return {**state, "model": model, "tokens": tokens, "seconds": time.perf_counter() - start, "resumed_at": resumed_at,
             "padded_fraction": data.padded_fraction(train_len, data.bucket_batches(train_len, params.batch_size, np.random.default_rng(params.seed)))}
 
