@@ -1,7 +1,7 @@
 """Training throughput of the project's classifier against a bare nn.LSTM loop on the same batches.
 
-    python benchmarks/bench_train.py                      # data/vocab/train.parquet, params.yaml's train section
-    python benchmarks/bench_train.py --batches 60 --threads 2
+    python -m benchmarks.bench_train                      # data/vocab/train.parquet, params.yaml train section
+    python -m benchmarks.bench_train --batches 60 --threads 2
 
 Both loops do forward + backward + optimizer step on the same length-bucketed, padded batches;
 tokens/s counts real (unpadded) tokens. Prints one JSON object per line.
