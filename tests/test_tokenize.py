@@ -97,7 +97,7 @@ def stage_dir(tmp_path, **tokenize):
 
 
 def test_bad_inputs_are_kept_counted_and_do_not_stop_the_stage(tmp_path, monkeypatch):
-    root = stage_dir(tmp_path, workers=2)
+    root = stage_dir(tmp_path, workers=2, unsup=False)
     write_review(root, "test/pos/100_10.txt", b"Caf\xe9 au lait \xff was great")  # Latin-1, not UTF-8
     write_review(root, "test/pos/101_10.txt", b"")
     write_review(root, "test/neg/102_3.txt", b"<br /><br />  ")  # empty once cleaned
