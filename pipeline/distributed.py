@@ -155,8 +155,8 @@ def check_agree(value: int, what: str) -> None:
 
 
 def report(stage: str) -> None:
-    """One line per rank on stderr: which rank this is and its share of the work."""
+    """One line per rank on stderr: which rank this is and its share of the work, summed over the epochs run."""
     how = dist.get_backend() if active() else "single process"
-    print(f"{stage}: rank {rank()}/{world()} (local rank {local_rank()}, {how}): "
+    print(f"{stage}: rank {rank()}/{world()} (local rank {local_rank()}, {how}), all epochs: "
           f"{counts['train_batches']} train batches, {counts['train_reviews']} train reviews, "
           f"{counts['valid_batches']} valid batches", file=sys.stderr, flush=True)
