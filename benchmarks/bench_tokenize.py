@@ -1,6 +1,6 @@
 """Benchmark of the tokenize stage against bare spaCy, on the same reviews in one run (not a test).
 
-    python benchmarks/bench_tokenize.py --raw data/raw/aclImdb --reviews 10000 --repeat 3
+    python benchmarks/bench_tokenize.py --raw data/raw/reviews.parquet --reviews 10000 --repeat 3
 
 Times, for the same reviews:
   bare_spacy       `spacy.blank("en").tokenizer.pipe` over the already cleaned texts, in one
@@ -8,8 +8,8 @@ Times, for the same reviews:
   bare_stage_tokenizer  the same with the stage's tokenizer (text.load_tokenizer: spaCy's, minus
                    the lexical attributes the stage does not use), to show what cleaning, Arrow
                    and Parquet add on their own;
-  stage_1_worker   the stage's `tokenize_split` in one process: read the files, decode,
-                   clean, tokenize, build the Arrow table, write zstd Parquet;
+  stage_1_worker   the stage's `tokenize_split` in one process: take the rows
+                   (the stage's reading: the raw table's rows, already decoded), clean, tokenize, build the Arrow table, write zstd Parquet;
   stage_2_workers  the same with a pool of 2 worker processes (pool start-up included).
 Wall-clock tokens/s decide the targets; CPU seconds (this process plus the pool's workers)
 are printed beside them because, on a machine shared with other work, they show the cost
@@ -33,16 +33,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import spacy  # noqa: E402
 
+from pipeline import raw as R  # noqa: E402
 from pipeline import text as T  # noqa: E402
 from pipeline import tokenize as TK  # noqa: E402
 
 
-def pick(reviews: list, n: int) -> list:
-    """n reviews spread evenly over the list (so positive and negative alike), in order."""
-    if n >= len(reviews):
+def pick(reviews, n: int):
+    """n rows spread evenly over the table (so positive and negative alike), in order."""
+    if n >= reviews.num_rows:
         return reviews
-    step = len(reviews) / n
-    return [reviews[int(i * step)] for i in range(n)]
+    step = reviews.num_rows / n
+    return reviews.take([int(i * step) for i in range(n)])
 
 
 def cpu_seconds() -> float:
@@ -73,7 +74,7 @@ def stage(reviews: list, workers: int, out: Path, lowercase: bool, max_chars: in
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--raw", type=Path, default=Path("data/raw/aclImdb"), help="an aclImdb folder")
+    ap.add_argument("--raw", type=Path, default=Path("data/raw/reviews.parquet"), help="the download stage's table")
     ap.add_argument("--reviews", type=int, default=10000, help="reviews from train/pos+neg")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--chunk-size", type=int, default=1000)
@@ -82,8 +83,8 @@ def main() -> None:
     args = ap.parse_args()
     lowercase = not args.no_lowercase
 
-    reviews = pick(TK.list_reviews(args.raw, "train", ["pos", "neg"]), args.reviews)
-    texts = [T.clean(T.decode(r.path.read_bytes())[0], args.max_chars) for r in reviews]
+    reviews = pick(R.read_split(args.raw, "train"), args.reviews)
+    texts = [T.clean(t, args.max_chars) for t in reviews["text"].to_pylist()]
     load_before = os.getloadavg()
     best: dict[str, tuple[int, float, float]] = {}
     with tempfile.TemporaryDirectory() as d:
@@ -101,7 +102,7 @@ def main() -> None:
                     best[name] = (n, secs, cpu)
         identical = outs[1].read_bytes() == outs[2].read_bytes()
     for name, (n, secs, cpu) in best.items():
-        print(json.dumps({"bench": name, "reviews": len(reviews), "tokens": n, "seconds": round(secs, 3),
+        print(json.dumps({"bench": name, "reviews": reviews.num_rows, "tokens": n, "seconds": round(secs, 3),
                           "tokens_per_s": round(n / secs), "cpu_seconds": round(cpu, 3)}))
     tps = {name: n / secs for name, (n, secs, _) in best.items()}
     cpu = {name: c for name, (_, _, c) in best.items()}

@@ -1,9 +1,11 @@
-"""Stage download: fetch the aclImdb archive, verify its sha256, extract it safely to data/raw/.
+"""Stage download: fetch the aclImdb archive, verify its sha256, stream it into data/raw/reviews.parquet.
 
 Sources are a local path, a file:// URL or an http(s):// URL, then the mirrors in order.
 Over HTTP the archive streams into data/downloads/<sha256 prefix>/<name>.part, resumes with a
 Range request after a dropped connection, and loses the .part suffix once its sha256 matches,
 so a rerun with the same hash reuses it without touching the network.
+The archive is never extracted: its reviews go straight into one table (pipeline/raw.py), which
+DVC hashes, pushes and pulls as one file instead of 100,008.
 """
 from __future__ import annotations
 
@@ -12,24 +14,24 @@ import hashlib
 import http.client
 import os
 import re
+import shutil
 import socket
 import ssl
-import tarfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-import zlib
 from pathlib import Path
 from typing import Callable
 
-from pipeline.common import PipelineError, atomic_dir, progress, run_main, write_json
+from pipeline import raw
+from pipeline.common import PipelineError, atomic_file, progress, run_main, write_json
 from pipeline.params import load_params, resolve_source
 
-RAW_DIR = Path("data/raw")
+RAW = Path("data/raw/reviews.parquet")
+LEGACY_DIR = Path("data/raw/aclImdb")  # the extracted tree this stage wrote before the table
 METRICS = Path("metrics/download.json")
 CACHE_DIR = Path("data/downloads")  # verified archives and partial downloads; not a DVC output
-EXPECTED = ["aclImdb/train/pos", "aclImdb/train/neg", "aclImdb/train/unsup", "aclImdb/test/pos", "aclImdb/test/neg"]
 BLOCK = 1 << 16
 MAX_BACKOFF = 60.0
 USER_AGENT = "imdb-lstm-pipeline (python-urllib)"
@@ -269,6 +271,10 @@ def obtain(urls: list[str], sha256: str, timeout: float, retries: int, backoff: 
     raise PipelineError(_all_failed(failures))
 
 
+def _one_line(e: BaseException) -> str:
+    return " ".join((getattr(e, "strerror", None) or str(e) or type(e).__name__).split())
+
+
 def _all_failed(failures: list[tuple[str, SourceFailed]]) -> str:
     if len(failures) == 1:
         (url, e), = failures
@@ -280,70 +286,6 @@ def _all_failed(failures: list[tuple[str, SourceFailed]]) -> str:
     return msg
 
 
-# ---------------------------------------------------------------- extraction
-
-
-def check_member(m: tarfile.TarInfo, archive: str) -> None:
-    """Refuse what could write outside the destination or be more than plain data."""
-    name = m.name.replace("\\", "/")
-    if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
-        raise PipelineError(f"unsafe archive {archive}: absolute path {m.name!r}")
-    if ".." in name.split("/"):
-        raise PipelineError(f"unsafe archive {archive}: path {m.name!r} leaves the destination")
-    if m.issym() or m.islnk():
-        kind = "symlink" if m.issym() else "hard link"
-        raise PipelineError(f"unsafe archive {archive}: {kind} {m.name!r} -> {m.linkname!r}")
-    if not (m.isfile() or m.isdir()):
-        raise PipelineError(f"unsafe archive {archive}: special file {m.name!r} (device, fifo or other)")
-
-
-def extract(archive: Path, dest: Path) -> int:
-    """Extract `archive` into `dest` member by member; return the number of files.
-
-    `dest` is a temporary folder: on any error the caller throws it away whole, so checking
-    each member just before extracting it is as safe as a first pass and reads the gzip once.
-    """
-    name = archive.name
-    try:
-        tar = tarfile.open(archive, "r:*")
-    except tarfile.ReadError:
-        raise PipelineError(f"{name} is not a gzip or tar archive") from None
-    except (EOFError, zlib.error, OSError) as e:
-        raise PipelineError(f"{name} is truncated or corrupt ({_one_line(e)})") from None
-    count = 0
-    try:
-        with tar:
-            for m in tar:
-                check_member(m, name)
-                tar.extract(m, dest, filter="data")  # a second line of defence
-                count += m.isfile()
-    except tarfile.FilterError as e:
-        raise PipelineError(f"unsafe archive {name}: {_one_line(e)}") from None
-    except (tarfile.TarError, EOFError, zlib.error) as e:
-        raise PipelineError(f"{name} is truncated or corrupt ({_one_line(e)})") from None
-    except OSError as e:
-        if e.errno in NO_SPACE:
-            raise PipelineError(f"no space left extracting {name} into {RAW_DIR}: {e.strerror} (disk full?)") from None
-        raise PipelineError(f"cannot extract {name}: {_one_line(e)}") from None
-    if count == 0:
-        raise PipelineError(f"{name} holds no files")
-    return count
-
-
-def _one_line(e: BaseException) -> str:
-    return " ".join((getattr(e, "strerror", None) or str(e) or type(e).__name__).split())
-
-
-def check_layout(root: Path, archive: str) -> None:
-    missing = [p for p in EXPECTED if not (root / p).is_dir()]
-    if missing:
-        raise PipelineError(f"archive {archive} lacks the aclImdb layout: missing {', '.join(missing)}")
-
-
-def count_reviews(root: Path) -> dict[str, int]:
-    return {p.removeprefix("aclImdb/"): sum(1 for _ in (root / p).glob("*.txt")) for p in EXPECTED}
-
-
 # ---------------------------------------------------------------- stage
 
 
@@ -352,13 +294,19 @@ def main() -> None:
     name, source = resolve_source(params)
     start = time.perf_counter()
     archive = obtain([source.url, *source.mirrors], source.sha256, params.timeout, params.retries, params.backoff)
-    with atomic_dir(RAW_DIR) as tmp:
-        files = extract(archive, tmp)
-        check_layout(tmp, archive.name)
-        reviews = count_reviews(tmp)
+    table, counts = raw.read_aclimdb(archive)
+    try:
+        with atomic_file(RAW) as tmp:
+            raw.write(table, tmp)
+    except OSError as e:
+        if e.errno in NO_SPACE:
+            raise PipelineError(f"no space left writing {RAW}: {e.strerror} (disk full?)") from None
+        raise PipelineError(f"cannot write {RAW}: {_one_line(e)}") from None
+    if LEGACY_DIR.is_dir():  # a workspace from before the table: 100k files nothing reads any more
+        shutil.rmtree(LEGACY_DIR)
     # Only what the archive determines, so a rerun writes the same bytes and DVC sees no change.
-    write_json(METRICS, {"source": name, "sha256": source.sha256, "files": files, "reviews": reviews})
-    print(f"download: {name} -> {RAW_DIR} ({files} files, {time.perf_counter() - start:.1f}s)")
+    write_json(METRICS, {"source": name, "sha256": source.sha256, **counts})
+    print(f"download: {name} -> {RAW} ({table.num_rows} reviews, {time.perf_counter() - start:.1f}s)")
 
 
 if __name__ == "__main__":

@@ -33,12 +33,12 @@ def clean(text: str, max_chars: int | None = None) -> str:
     return text
 
 
-def decode(raw: bytes) -> tuple[str, bool]:
+def decode(raw: bytes | memoryview) -> tuple[str, bool]:
     """UTF-8 with replacement: a bad byte must not stop a 100,000-review stage. Returns (text, was_bad)."""
     try:
-        return raw.decode("utf-8"), False
+        return str(raw, "utf-8"), False
     except UnicodeDecodeError:
-        return raw.decode("utf-8", errors="replace"), True
+        return str(raw, "utf-8", errors="replace"), True
 
 
 def load_tokenizer():

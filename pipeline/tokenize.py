@@ -1,14 +1,14 @@
-"""Stage tokenize: raw reviews -> cleaned spaCy tokens in Parquet, one file per split.
+"""Stage tokenize: the raw-review table -> cleaned spaCy tokens in Parquet, one file per split.
 
 Schema of data/tokens/{train,valid,test,unsup}.parquet (zstd level 1, one row group per
 tokenize.chunk_size reviews; unsup only with tokenize.unsup):
-    id        string          e.g. "train/pos/10_9" (file path without .txt; unique)
+    id        string          e.g. "train/pos/10_9" (the review's path in the archive; unique)
     rating    int8            the star rating from the file name (0 for unlabelled)
     label     int8, nullable  1 positive, 0 negative, null for unlabelled
     n_tokens  int32           number of tokens (0 for an empty review)
     tokens    list<string>    spaCy tokens of the cleaned, cut review; lowercased with tokenize.lowercase
-Rows are in a fixed order (pos then neg, each by numeric id; valid is a seeded stratified
-draw from train), and the bytes do not depend on tokenize.workers.
+Rows keep the order of data/raw/reviews.parquet (pos then neg, each by numeric id; valid is a
+seeded stratified draw from train), and the bytes do not depend on tokenize.workers.
 """
 from __future__ import annotations
 
@@ -16,9 +16,7 @@ import collections
 import contextlib
 import multiprocessing as mp
 import multiprocessing.pool
-import re
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -27,11 +25,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipeline import raw
 from pipeline import text as T
 from pipeline.common import PipelineError, atomic_dir, cpu_count, progress, run_main, write_json
 from pipeline.params import load_params
 
-RAW_DIR = Path("data/raw/aclImdb")
+RAW = Path("data/raw/reviews.parquet")
 OUT_DIR = Path("data/tokens")
 METRICS = Path("metrics/tokenize.json")
 
@@ -47,46 +46,17 @@ SCHEMA = pa.schema(
 # What tokenize_chunk builds: the tokens as dictionary arrays, written to Parquet's dictionary
 # pages as they are. The files store no Arrow schema, so they read back as SCHEMA.
 _BUILT = SCHEMA.set(4, pa.field("tokens", pa.list_(pa.dictionary(pa.int32(), pa.string()))))
-_NAME = re.compile(r"^(\d+)_(\d+)\.txt$")
-LABELS = {"pos": 1, "neg": 0, "unsup": None}
-
-
-@dataclass(frozen=True)
-class Review:
-    id: str
-    path: Path
-    rating: int
-    label: int | None
-
-
-def list_reviews(raw_dir: Path, split: str, folders: list[str]) -> list[Review]:
-    """Reviews of one split in a stable order: folder, then numeric id."""
-    reviews = []
-    for folder in folders:
-        d = raw_dir / split / folder
-        if not d.is_dir():
-            raise PipelineError(f"missing folder {d} (run the download stage first)")
-        found = []
-        for p in d.iterdir():
-            m = _NAME.match(p.name)
-            if m:
-                found.append((int(m[1]), p, int(m[2])))
-        for num, p, rating in sorted(found, key=lambda x: x[0]):
-            reviews.append(Review(f"{split}/{folder}/{p.stem}", p, rating, LABELS[folder]))
-    return reviews
-
-
-def split_valid(reviews: list[Review], fraction: float, seed: int) -> tuple[list[Review], list[Review]]:
+def split_valid(table: pa.Table, fraction: float, seed: int) -> tuple[pa.Table, pa.Table]:
     """A seeded split stratified by label; both parts keep the input order."""
     rng = np.random.default_rng(seed)
+    labels = table["label"].to_pylist()
     valid_idx: set[int] = set()
-    for label in sorted({r.label for r in reviews}):
-        idx = [i for i, r in enumerate(reviews) if r.label == label]
+    for label in sorted(set(labels), key=lambda x: (x is None, x)):
+        idx = [i for i, y in enumerate(labels) if y == label]
         n = round(len(idx) * fraction)
         valid_idx.update(int(i) for i in rng.permutation(idx)[:n])
-    train = [r for i, r in enumerate(reviews) if i not in valid_idx]
-    valid = [r for i, r in enumerate(reviews) if i in valid_idx]
-    return train, valid
+    train = [i for i in range(len(labels)) if i not in valid_idx]
+    return table.take(train), table.take(sorted(valid_idx))
 
 
 # Each worker process holds its own tokenizer (loaded once in the parent and inherited through
@@ -112,18 +82,16 @@ def reset_tokenizer() -> None:
     _TOKENIZER = None
 
 
-def tokenize_chunk(args: tuple[list[Review], bool, int]) -> tuple[pa.Table, dict]:
-    """Read, decode, clean and tokenize one chunk of reviews into a table (SCHEMA, tokens dictionary-typed).
+def tokenize_chunk(args: tuple[pa.Table, bool, int]) -> tuple[pa.Table, dict]:
+    """Clean and tokenize one chunk of raw rows into a table (SCHEMA, tokens dictionary-typed).
 
     Returns the table and counts of odd inputs; an odd review never stops the stage:
-    bad UTF-8 is decoded with replacement, an empty review is kept with no tokens,
-    and a long one is cut to max_chars characters before spaCy sees it.
+    an empty review is kept with no tokens, and a long one is cut to max_chars characters
+    before spaCy sees it.
     """
-    reviews, lowercase, max_chars = args
-    texts, stats = [], {"bad_utf8": 0, "empty": 0, "truncated": 0}
-    for r in reviews:
-        text, bad = T.decode(r.path.read_bytes())
-        stats["bad_utf8"] += bad
+    rows, lowercase, max_chars = args
+    texts, stats = [], {"empty": 0, "truncated": 0}
+    for text in rows["text"].to_pylist():
         text = T.clean(text)
         if len(text) > max_chars:
             stats["truncated"] += 1
@@ -132,13 +100,7 @@ def tokenize_chunk(args: tuple[list[Review], bool, int]) -> tuple[pa.Table, dict
         texts.append(text)
     tokens = T.tokenize_arrow(_tokenizer(), texts, lowercase, dictionary=True)
     table = pa.Table.from_arrays(
-        [
-            pa.array([r.id for r in reviews], pa.string()),
-            pa.array([r.rating for r in reviews], pa.int8()),
-            pa.array([r.label for r in reviews], pa.int8()),
-            pc.list_value_length(tokens).cast(pa.int32()),
-            tokens,
-        ],
+        [rows["id"], rows["rating"], rows["label"], pc.list_value_length(tokens).cast(pa.int32()), tokens],
         schema=_BUILT,
     )
     return table, stats
@@ -199,16 +161,17 @@ def ordered_map(fn, items: Iterable, pool, window: int) -> Iterator:
 
 
 def tokenize_split(
-    reviews, out: Path, pool, lowercase: bool, max_chars: int, chunk_size: int, desc: str, window: int = 4
+    reviews: pa.Table, out: Path, pool, lowercase: bool, max_chars: int, chunk_size: int, desc: str, window: int = 4
 ) -> dict:
-    """Tokenize reviews chunk by chunk into `out`, one row group per chunk, rows in input order.
+    """Tokenize raw rows chunk by chunk into `out`, one row group per chunk, rows in input order.
 
     The chunks, and so the row groups and the file's bytes, do not depend on the number of workers.
     """
-    chunks = [reviews[i : i + chunk_size] for i in range(0, len(reviews), chunk_size)]
+    # combine_chunks: a slice then travels to a worker as its own rows, not the whole buffer.
+    chunks = (reviews.slice(i, chunk_size).combine_chunks() for i in range(0, reviews.num_rows, chunk_size))
     results = ordered_map(tokenize_chunk, ((c, lowercase, max_chars) for c in chunks), pool, window)
-    stats = {"reviews": len(reviews), "tokens": 0, "bad_utf8": 0, "empty": 0, "truncated": 0}
-    with parquet_writer(out, _BUILT) as writer, progress(total=len(reviews), desc=desc, unit="rev") as bar:
+    stats = {"reviews": reviews.num_rows, "tokens": 0, "empty": 0, "truncated": 0}
+    with parquet_writer(out, _BUILT) as writer, progress(total=reviews.num_rows, desc=desc, unit="rev") as bar:
         for table, chunk_stats in results:
             writer.write_table(table)
             stats["tokens"] += pc.sum(table["n_tokens"]).as_py() or 0
@@ -221,10 +184,10 @@ def tokenize_split(
 def main() -> None:
     params = load_params()["tokenize"]
     start = time.perf_counter()
-    train, valid = split_valid(list_reviews(RAW_DIR, "train", ["pos", "neg"]), params.valid_fraction, params.seed)
-    splits = {"train": train, "valid": valid, "test": list_reviews(RAW_DIR, "test", ["pos", "neg"])}
+    train, valid = split_valid(raw.read_split(RAW, "train"), params.valid_fraction, params.seed)
+    splits = {"train": train, "valid": valid, "test": raw.read_split(RAW, "test")}
     if params.unsup:
-        splits["unsup"] = list_reviews(RAW_DIR, "train", ["unsup"])
+        splits["unsup"] = raw.read_split(RAW, "unsup")
     workers = params.workers or cpu_count()
     metrics = {}
     with worker_pool(workers) as pool, atomic_dir(OUT_DIR) as tmp:
@@ -235,7 +198,7 @@ def main() -> None:
             )
     write_json(METRICS, metrics)
     total = sum(m["tokens"] for m in metrics.values())
-    print(f"tokenize: {total:,} tokens in {sum(len(r) for r in splits.values()):,} reviews "
+    print(f"tokenize: {total:,} tokens in {sum(t.num_rows for t in splits.values()):,} reviews "
           f"({workers} workers, {time.perf_counter() - start:.1f}s)")
 
 

@@ -16,6 +16,7 @@ import socket
 import tarfile
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -95,8 +96,10 @@ def stage(proj: Path, **kw):
 def assert_ok(p, proj: Path) -> dict:
     assert p.returncode == 0, p.stderr
     assert p.stderr == ""
+    assert list((proj / "data/raw").iterdir()) == [proj / "data/raw/reviews.parquet"]  # one file, no temporaries
+    table = pq.read_table(proj / "data/raw/reviews.parquet")
     for d in LAYOUT:
-        assert any((proj / "data/raw" / d).glob("*.txt")), d
+        assert any(i.startswith(d.removeprefix("aclImdb/")) for i in table["id"].to_pylist()), d
     assert not list((proj / "data/downloads").rglob("*.part"))
     return json.loads((proj / "metrics/download.json").read_text())
 
@@ -109,7 +112,7 @@ def assert_fails(p, proj: Path, pattern: str) -> str:
     assert lines[0].startswith("error: ")
     assert re.search(pattern, lines[0]), lines[0]
     assert not (proj / "data/raw").exists()
-    assert not list((proj / "data").glob(".raw.*"))
+    assert not list((proj / "data").rglob(".*.tmp"))
     return lines[0]
 
 
@@ -314,7 +317,7 @@ def test_unknown_source_lists_the_choices(proj):
     params.write_text(params.read_text().replace("source: sample", "source: nope"))
     line = assert_fails(stage(proj), proj, "download.source must be one of")
     assert line == (
-        "error: download.source must be one of ['imdb', 'sample'] or '<path or URL>@sha256:<64 hex digits>', got 'nope'"
+        "error: download.source must be one of ['imdb', 'imdb-text', 'sample'] or '<path or URL>@sha256:<64 hex digits>', got 'nope'"
     )
 
 
@@ -335,3 +338,100 @@ def test_backoff_doubles_is_capped_and_progress_resets_the_count(tmp_path):
     with pytest.raises(SourceFailed, match=r"HTTP 503 Service Unavailable, gave up after 7 attempts"):
         download("http://x/a", part, 1.0, 4, 10.0, fetch=fetch, sleep=sleeps.append)
     assert sleeps == [10.0, 20.0, 10.0, 20.0, 40.0, 60.0]
+
+
+def test_the_table_keeps_every_review_in_order_and_counts_bad_utf8(tmp_path):
+    from pipeline import raw as R
+
+    archive = tmp_path / "a.tar.gz"
+    archive.write_bytes(make_tar([
+        ("aclImdb/README", b"not a review"),
+        ("aclImdb/train/pos/10_9.txt", b"ten"), ("aclImdb/train/pos/9_8.txt", b"nine"),  # numeric, not text, order
+        ("aclImdb/train/neg/0_2.txt", b"Caf\xe9 \xff"),  # Latin-1, not UTF-8
+        ("aclImdb/train/unsup/3_0.txt", b"unlabelled"), ("aclImdb/train/unsup/notes.md", b"skipped"),
+        ("aclImdb/test/pos/1_7.txt", b"p"), ("aclImdb/test/neg/2_1.txt", b"n"),
+    ]))
+    table, counts = R.read_aclimdb(archive)
+    assert table.schema.equals(R.SCHEMA)
+    assert table.to_pydict() == {
+        "id": ["train/pos/9_8", "train/pos/10_9", "train/neg/0_2", "train/unsup/3_0", "test/pos/1_7", "test/neg/2_1"],
+        "split": ["train", "train", "train", "unsup", "test", "test"],
+        "rating": [8, 9, 2, 0, 7, 1],
+        "label": [1, 1, 0, None, 1, 0],
+        "text": ["nine", "ten", "Caf\ufffd \ufffd", "unlabelled", "p", "n"],
+    }
+    assert counts == {"files": 8, "bad_utf8": 1, "reviews": {
+        "train/pos": 2, "train/neg": 1, "train/unsup": 1, "test/pos": 1, "test/neg": 1}}
+
+
+def test_a_review_past_the_size_limit_is_refused_before_it_is_read(proj, server, monkeypatch):
+    from pipeline import raw as R
+
+    huge = make_tar([*[(f"{d}/0_7.txt", b"ok") for d in LAYOUT], ("aclImdb/test/neg/1_1.txt", b" " * (R.MAX_REVIEW_BYTES + 1))])
+    server.files["/tiny.tar.gz"] = huge
+    use(proj, server.url("/tiny.tar.gz"), sha(huge))
+    assert_fails(stage(proj), proj, r"unsafe archive tiny\.tar\.gz: review 'aclImdb/test/neg/1_1.txt' is 1,048,577 bytes")
+
+
+def test_a_workspace_with_the_old_extracted_tree_just_reruns(proj):
+    # Before the table, the stage's output was data/raw/ holding aclImdb/ (100,008 files).
+    old = proj / "data/raw/aclImdb/train/pos"
+    old.mkdir(parents=True)
+    (old / "0_9.txt").write_text("an old extracted review")
+    run(["dvc", "repro", "download"], proj)
+    assert list((proj / "data/raw").iterdir()) == [proj / "data/raw/reviews.parquet"]
+    assert "Data and pipelines are up to date" in run(["dvc", "status", "download"], proj).stdout
+
+
+@pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_the_tar_reader_sees_what_tarfile_sees(fmt):
+    # Long names take a ustar prefix, a GNU long-name member or a pax header, by format.
+    from pipeline import raw as R
+
+    long_dir = "aclImdb/" + "d" * 90 + "/" + "e" * 60
+    names = ["aclImdb/train/pos/1_7.txt", f"{long_dir}/x.txt", "aclImdb/é/ü.txt"]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=fmt) as tar:
+        for i, name in enumerate(names):
+            body = random.Random(i).randbytes(i * 700)
+            m = tarfile.TarInfo(name)
+            m.size = len(body)
+            tar.addfile(m, io.BytesIO(body))
+        tar.addfile(info("aclImdb/folder", tarfile.DIRTYPE))
+    data = buf.getvalue()
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        expected = [(m.name, m.isdir(), tar.extractfile(m).read() if m.isfile() else b"") for m in tar]
+    got = [(m.name, m.type == b"5", bytes(m.data)) for m in R.iter_tar(data, "t.tar")]
+    assert got == expected
+
+
+@pytest.mark.parametrize("compression", ["gz", "bz2", "xz", ""])
+def test_every_tar_compression_reads_and_a_cut_one_is_one_error(tmp_path, compression):
+    from pipeline import raw as R
+    from pipeline.common import PipelineError
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode=f"w:{compression}") as tar:
+        for d in LAYOUT:
+            body = random.Random(d).randbytes(3000)  # incompressible: a cut lands inside the data
+            m = tarfile.TarInfo(f"{d}/0_7.txt")
+            m.size = len(body)
+            tar.addfile(m, io.BytesIO(body))
+    archive = tmp_path / "a.tar"
+    archive.write_bytes(buf.getvalue())
+    assert R.read_aclimdb(archive)[0].num_rows == 5
+    archive.write_bytes(buf.getvalue()[: len(buf.getvalue()) * 2 // 3])
+    with pytest.raises(PipelineError, match=r"^a\.tar is truncated or corrupt \("):
+        R.read_aclimdb(archive)
+
+
+def test_a_decompression_bomb_stops_at_the_limit(tmp_path, monkeypatch):
+    from pipeline import raw as R
+    from pipeline.common import PipelineError
+
+    monkeypatch.setattr(R, "MAX_TOTAL_BYTES", 1 << 20)
+    archive = tmp_path / "bomb.tar.gz"
+    archive.write_bytes(make_tar([("aclImdb/README", bytes(8 << 20))]))  # 8 MiB of zeros: ~8 kB packed
+    assert archive.stat().st_size < 20_000
+    with pytest.raises(PipelineError, match=r"^unsafe archive bomb\.tar\.gz: unpacks to more than 1,048,576 bytes$"):
+        R.read_aclimdb(archive)
