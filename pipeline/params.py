@@ -284,10 +284,20 @@ def _build(cls, data, prefix: str):
     return cls(**values)
 
 
+# Top-level keys that are not stage sections: the name of the recipe (conf/recipe/) that
+# composed params.yaml, so that `dvc exp show` says which recipe each experiment ran.
+RECIPE_KEY = "recipe"
+
+
 def parse_params(raw: dict, sections: dict = SECTIONS) -> dict:
     """Validate every section of a params mapping; return {section: dataclass}."""
     if not isinstance(raw, dict):
         raise PipelineError("params.yaml must be a mapping of sections")
+    if RECIPE_KEY in raw:
+        recipe = raw[RECIPE_KEY]
+        if not isinstance(recipe, str) or not recipe.strip():
+            raise PipelineError(f"{RECIPE_KEY} must be the name of a recipe in conf/recipe/, got {recipe!r}")
+        raw = {k: v for k, v in raw.items() if k != RECIPE_KEY}
     unknown = sorted(set(raw) - set(sections))
     if unknown:
         raise PipelineError(f"unknown section {unknown[0]} in params.yaml (known: {', '.join(sections)})")

@@ -14,7 +14,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data/sample/aclImdb_sample.tar.gz"
 PROJECT_FILES = [
-    "pipeline", "dvc.yaml", "params.yaml", "data/sample", "data/vectors/README.md", ".dvc/config", ".dvcignore", ".gitignore",
+    "pipeline", "dvc.yaml", "params.yaml", "conf", "data/sample", "data/vectors/README.md", ".dvc/config", ".dvcignore", ".gitignore",
 ]
 
 # Small enough for 2 shared cores; one torch thread, since two collapse when a core is busy.
@@ -56,6 +56,24 @@ def update_params(path: Path, changes: dict) -> None:
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
+def compose(conf: Path, overrides: list[str] = ()) -> str:
+    """params.yaml as `dvc exp run` composes it from conf/ (DVC calls these same Hydra functions)."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(str(conf.resolve()), version_base=None):
+        cfg = hydra_compose(config_name="config", overrides=list(overrides))
+    OmegaConf.resolve(cfg)
+    return OmegaConf.to_yaml(cfg)
+
+
+def shrink(dest: Path, changes: dict) -> None:
+    """Apply param changes to conf/config.yaml, the source, and write params.yaml composed from it,
+    so that `dvc repro` and `dvc exp run` (which recomposes params.yaml) see the same values."""
+    update_params(dest / "conf/config.yaml", changes)
+    (dest / "params.yaml").write_text(compose(dest / "conf"))
+
+
 def make_repo(dest: Path, changes: dict | None = None) -> Path:
     """Copy the project into `dest`, shrink params, and make it a committed git+DVC repo."""
     dest.mkdir(parents=True, exist_ok=True)
@@ -66,7 +84,7 @@ def make_repo(dest: Path, changes: dict | None = None) -> Path:
         elif src.exists():
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / name)
-    update_params(dest / "params.yaml", _merge(TINY, changes or {}))
+    shrink(dest, _merge(TINY, changes or {}))
     run(["git", "init", "-q", "-b", "main"], dest)
     run(["dvc", "init", "-q", "-f"], dest)
     shutil.copy2(ROOT / ".dvc/config", dest / ".dvc/config")  # dvc init rewrites it
