@@ -1,17 +1,15 @@
-"""Small helpers every stage shares: the project error, atomic outputs, progress, seeding."""
+"""Small helpers every stage shares: the project error, atomic outputs, progress, torch threads."""
 from __future__ import annotations
 
 import contextlib
 import json
 import os
-import random
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-import numpy as np
 
 
 class PipelineError(Exception):
@@ -108,14 +106,16 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    try:
-        import torch
-    except ImportError:
-        return
-    torch.manual_seed(seed)
+def torch_threads(threads: int, share: int = 1) -> int:
+    """Fix torch's thread count (0 = this process's share of the cores) and its deterministic
+    kernels; return the count, which a stage records with its outputs: on CPU it can change the
+    last bits of a sum, so it belongs to what a rerun must match."""
+    import torch
+
+    n = threads or max(1, cpu_count() // share)
+    torch.set_num_threads(n)
+    torch.use_deterministic_algorithms(True)
+    return n
 
 
 def save_torch(obj, path: str | os.PathLike) -> None:

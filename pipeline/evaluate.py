@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from pipeline import data, scoring
-from pipeline.common import atomic_dir, atomic_file, cpu_count, run_main, write_json
+from pipeline.common import atomic_dir, atomic_file, run_main, torch_threads, write_json
 from pipeline.model import load_classifier, predict_proba
 from pipeline.params import load_params
 
@@ -54,7 +54,7 @@ def confident_mistakes(ids: list[str], texts: list[str], y: np.ndarray, p: np.nd
 
 def main(model_path: Path = MODEL, metrics_path: Path = METRICS, plots_dir: Path = PLOTS, mistakes_path: Path = MISTAKES) -> None:
     params = load_params()["evaluate"]
-    torch.set_num_threads(cpu_count())
+    torch_threads(0)
     model, ckpt = load_classifier(model_path)
     seqs, y, ids = data.load_split(VOCAB_DIR / "test.parquet")
     n_tokens = np.array([len(s) for s in seqs])

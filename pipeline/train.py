@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from pipeline import data, distributed
-from pipeline.common import PipelineError, cpu_count, run_main, save_torch, write_json
+from pipeline.common import PipelineError, run_main, save_torch, torch_threads, write_json
 from pipeline.model import Classifier, init_classifier_from_lm, lm_param_names, load_lm_init
 from pipeline.params import TrainParams, load_params
 from pipeline.vocab import read_vocab
@@ -226,7 +226,7 @@ def main(init: str = "scratch") -> None:
     params: TrainParams = load_params()["train"]
     # train.nproc > 1: continue under torchrun
     distributed.relaunch(params.nproc, "pipeline.train_from_lm" if init == "lm" else "pipeline.train")
-    torch.set_num_threads(params.threads or max(1, cpu_count() // distributed.local_world()))
+    threads = torch_threads(params.threads, distributed.local_world())
     device = distributed.init(pick_device(params.device))
     if not (VOCAB_DIR / "vocab.tsv").is_file():
         raise PipelineError(f"{VOCAB_DIR}/vocab.tsv not found (run the vocab stage first)")
@@ -257,7 +257,7 @@ def main(init: str = "scratch") -> None:
 
     best = result["history"][result["best_epoch"] - 1]
     save_torch({"config": result["model"].config, "state_dict": {k: v.cpu() for k, v in result["best"].items()},
-                "max_len": params.max_len, "head_fraction": params.head_fraction}, out["model"])
+                "max_len": params.max_len, "head_fraction": params.head_fraction, "threads": threads}, out["model"])
     out["resume"].unlink(missing_ok=True)
     write_json(out["metrics"], {
         "best_epoch": result["best_epoch"],
@@ -268,6 +268,7 @@ def main(init: str = "scratch") -> None:
         "train_acc": round(best["train_acc"], 6),
         "parameters": sum(p.numel() for p in result["model"].parameters()),
         "padded_fraction": round(result["padded_fraction"], 4),
+        "threads": threads,  # with the CPU type, what the bytes of a rerun depend on
     })
     rate = result["tokens"] / max(result["seconds"], 1e-9)
     print(f"train: best epoch {result['best_epoch']}, valid acc {best['valid_acc']:.4f} "

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from pipeline import data
-from pipeline.common import PipelineError, cpu_count, run_main, save_torch, write_json
+from pipeline.common import PipelineError, run_main, save_torch, torch_threads, write_json
 from pipeline.model import LanguageModel
 from pipeline.params import TrainLMParams, load_params
 from pipeline.train import autocast, lr_lambda
@@ -34,6 +34,9 @@ MODEL = Path("models/lm.pt")
 RESUME = Path("models/train_lm.resume.pt")
 METRICS = Path("metrics/train_lm.json")
 LIVE_DIR = "dvclive/train_lm"
+# Wall-clock time never goes into a tracked output (a rerun would change its bytes): the
+# perplexity-against-minutes curve is an untracked log beside the tracked curves.
+TIME_LOG = Path("logs/train_lm/minutes.tsv")
 EVAL_SEED = 0  # valid/test order: fixed, so eval_tokens cuts the same reviews whatever train_lm.seed is
 
 
@@ -246,7 +249,7 @@ def load_streams(params: TrainLMParams) -> dict[str, np.ndarray]:
 def main() -> None:
     all_params = load_params()
     params: TrainLMParams = all_params["train_lm"]
-    torch.set_num_threads(params.threads or cpu_count())
+    threads = torch_threads(params.threads)
     if params.device == "cuda" and not torch.cuda.is_available():
         raise PipelineError("train_lm.device is cuda but no CUDA device is available")
     device = torch.device("cuda" if params.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
@@ -260,12 +263,18 @@ def main() -> None:
 
     resume = RESUME if params.resume else None
     resuming = resume is not None and resume.is_file()
-    with Live(LIVE_DIR, dvcyaml=None, save_dvc_exp=False, resume=resuming) as live:
+    TIME_LOG.parent.mkdir(parents=True, exist_ok=True)
+    with Live(LIVE_DIR, dvcyaml=None, save_dvc_exp=False, resume=resuming) as live, \
+            open(TIME_LOG, "a" if resuming and TIME_LOG.is_file() else "w", encoding="utf-8") as times:
+        if times.tell() == 0:
+            times.write("step\tminutes\tvalid_ppl\n")
+
         def log(row):
             live.log_metric("train/ppl", round(row["train_ppl"], 4))
             live.log_metric("valid/ppl", round(row["valid_ppl"], 4))
-            live.log_metric("minutes", round(row["minutes"], 3))
             live.next_step()
+            times.write(f"{row['step']}\t{row['minutes']:.3f}\t{row['valid_ppl']:.4f}\n")
+            times.flush()
 
         result = fit_lm(params, len(itos), streams["train"], streams["valid"], device, resume, log)
 
@@ -274,7 +283,7 @@ def main() -> None:
     va = nll(model, streams["valid"], params.eval_batch_size, params.bptt, device)
     te = nll(model, streams["test"], params.eval_batch_size, params.bptt, device)
     save_torch({"config": model.config, "state_dict": {k: v.cpu() for k, v in result["best"].items()}, "itos": itos,
-                "lowercase": all_params["tokenize"].lowercase}, MODEL)
+                "lowercase": all_params["tokenize"].lowercase, "threads": threads}, MODEL)
     RESUME.unlink(missing_ok=True)
     write_json(METRICS, {
         "valid_ppl": round(perplexity(*va), 4),
@@ -286,6 +295,7 @@ def main() -> None:
         "steps": result["global_step"],
         "parameters": sum(p.numel() for p in model.parameters()),
         "vocab_size": len(itos),
+        "threads": threads,  # with the CPU type, what the bytes of a rerun depend on
     })
     rate = result["tokens"] / max(result["seconds"], 1e-9)
     print(f"train_lm: valid ppl {perplexity(*va):.1f}, test ppl {perplexity(*te):.1f} "
