@@ -1,10 +1,13 @@
 """Small helpers every stage shares: the project error, atomic outputs, progress, torch threads."""
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
+import re
 import shutil
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -16,11 +19,33 @@ class PipelineError(Exception):
     """A problem the user can fix (bad input, bad params): shown as one line, no traceback."""
 
 
+class Terminated(BaseException):
+    """SIGTERM (a `kill`, `dvc queue kill`, a CI timeout), raised like Ctrl-C so cleanup runs."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse for the CLIs, whose usage errors are one `error:` line like every other error."""
+
+    def error(self, message: str):
+        raise PipelineError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
 def run_main(main: Callable[[], None]) -> None:
-    """Run a stage's main(); turn PipelineError into one line on stderr and exit 1."""
+    """Run a stage's main(); turn PipelineError into one line on stderr and exit 1.
+
+    Temporaries a killed run left behind are removed first; SIGTERM is handled like Ctrl-C: the
+    `finally` blocks of the atomic writers delete this run's temporaries, and one line says why.
+    """
     # Under `dvc repro` stdout is a pipe: flush each line so progress shows as it happens.
     sys.stdout.reconfigure(line_buffering=True)
+    signal.signal(signal.SIGTERM, _terminate)
     try:
+        if Path("dvc.yaml").is_file():  # in the project, not wherever a CLI happens to run
+            sweep_stale()
         main()
     except PipelineError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -28,11 +53,46 @@ def run_main(main: Callable[[], None]) -> None:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)
+    except Terminated:
+        print("error: terminated (SIGTERM); outputs left as they were", file=sys.stderr)
+        sys.exit(143)
+
+
+# Where stages write. Temporaries are named .<output>.<pid>.<random>.tmp (or .old): the pid says
+# whether the run that made one is still alive.
+OUTPUT_ROOTS = ("data", "models", "metrics", "plots", "reports", "dvclive")
+_STALE_PID = re.compile(r"^\..+?\.(\d+)\.[^.]+\.(?:tmp|old)$")
+_STALE_ANY = re.compile(r"^\..+\.[^.]+\.(?:tmp|old)$")  # also those of versions before the pid
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_stale(roots=OUTPUT_ROOTS) -> list[Path]:
+    """Delete the temporaries of killed runs (SIGKILL, power cut) under the output folders."""
+    removed = []
+    for root in map(Path, roots):
+        if not root.is_dir():
+            continue
+        for p in list(root.rglob(".*")):
+            m = _STALE_PID.match(p.name)
+            if (m and _alive(int(m[1]))) or not (m or _STALE_ANY.match(p.name)):
+                continue
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
 
 
 def _tmp_sibling(path: Path, suffix: str = "") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=suffix + ".tmp", dir=path.parent)
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it owner-only; outputs get the usual mode
     return Path(tmp)
@@ -45,7 +105,9 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     tmp = _tmp_sibling(path)
     try:
         yield tmp
+        _fsync(tmp)
         os.replace(tmp, path)
+        _fsync(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -58,12 +120,12 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it owner-only; outputs get the usual mode
     try:
         yield tmp
         if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".old", dir=path.parent))
             os.replace(path, old / "x")
             os.replace(tmp, path)
             shutil.rmtree(old, ignore_errors=True)
@@ -75,9 +137,26 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def _umask() -> int:
-    mask = os.umask(0)
+    """The process umask, read without changing it where Linux allows (os.umask can only set it,
+    and setting it to read it leaves a moment in which another thread creates files as 0o666)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file (or a folder's entries) to disk, so a rename survives a power cut."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_json(path: str | os.PathLike, obj) -> None:

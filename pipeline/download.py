@@ -223,6 +223,8 @@ def download(url: str, part: Path, timeout: float, retries: int, backoff: float,
 
 def verified_local(path: Path, url: str, sha256: str) -> Path:
     """A local archive, verified in place; never deleted, since it is the user's file."""
+    if path.is_dir():
+        raise SourceFailed(f"{path} is a folder; download.source needs the archive file (.tar.gz) itself")
     if not path.is_file():
         raise SourceFailed(f"no such file {path}")
     found = sha256_of(path)

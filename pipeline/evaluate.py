@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from pipeline import data, scoring
-from pipeline.common import atomic_dir, atomic_file, run_main, torch_threads, write_json
+from pipeline.common import PipelineError, atomic_dir, atomic_file, run_main, torch_threads, write_json
 from pipeline.model import load_classifier, predict_proba
 from pipeline.params import load_params
 
@@ -62,12 +62,15 @@ def main(model_path: Path = MODEL, metrics_path: Path = METRICS, plots_dir: Path
     p = predict_proba(model, seqs, params.batch_size)
     metrics = {k: round(v, 6) for k, v in scoring.binary_metrics(y, p).items()}
     metrics["reviews"] = len(y)
-    with atomic_dir(plots_dir) as tmp:
-        write_plots(tmp, y.astype(int), p, n_tokens)
     import pyarrow.parquet as pq
 
+    # Every input is read before any output is replaced: a missing file leaves the last run's outputs whole.
+    if not TOKENS.is_file():
+        raise PipelineError(f"{TOKENS} not found (run the tokenize stage first: dvc repro tokenize)")
     tokens = pq.read_table(TOKENS, columns=["tokens"])["tokens"].to_pylist()
     mistakes = confident_mistakes(ids, [" ".join(t) for t in tokens], y, p, params.n_mistakes)
+    with atomic_dir(plots_dir) as tmp:
+        write_plots(tmp, y.astype(int), p, n_tokens)
     mistakes_path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(mistakes_path) as tmp:
         tmp.write_text("".join(json.dumps(m, ensure_ascii=False) + "\n" for m in mistakes), encoding="utf-8")

@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 
 from pipeline import text as T
-from pipeline.common import PipelineError, atomic_file, run_main, write_json
+from pipeline.common import Parser, PipelineError, atomic_file, run_main, write_json
 from pipeline.model import LanguageModel, load_lm
-from pipeline.params import GenerateParams, load_params
+from pipeline.params import GenerateParams, check_value, load_params
 from pipeline.vocab import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
 MODEL = Path("models/lm.pt")
@@ -214,7 +214,7 @@ def run_stage(params: GenerateParams, max_chars: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="imdb-generate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = Parser(prog="imdb-generate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prompt", action="append", help="text to continue (repeatable); none = the stage: params' prompts to files")
     ap.add_argument("--max-tokens", type=int, help="new tokens at most")
     ap.add_argument("--temperature", type=float, help="0 = greedy")
@@ -240,8 +240,10 @@ def main(argv: list[str] | None = None) -> None:
         return
     opts = {k: getattr(args, k) if getattr(args, k) is not None else getattr(params, k)
             for k in ("max_tokens", "temperature", "top_k", "top_p", "seed", "allow_unk")}
-    if opts["max_tokens"] < 1 or opts["temperature"] < 0 or opts["top_k"] < 0 or not 0 < opts["top_p"] <= 1 or args.num < 1:
-        raise PipelineError("need --max-tokens >= 1, --temperature >= 0, --top-k >= 0, 0 < --top-p <= 1, --num >= 1")
+    for k, v in opts.items():  # the ranges of params.yaml's generate section, finite numbers included
+        check_value(GenerateParams, k, v, f"--{k.replace('_', '-')}")
+    if args.num < 1:
+        raise PipelineError(f"--num must be >= 1, got {args.num}")
     writer = Writer(args.model, max_chars)
     for prompt in args.prompt:
         for i in range(args.num):

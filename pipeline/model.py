@@ -70,14 +70,45 @@ def build(config: dict) -> Classifier:
     return Classifier(**config)
 
 
+def read_checkpoint(path: Path, kind: str, cls, device: str = "cpu"):
+    """Load a checkpoint of `kind` ("classifier" or "language model") and build its model.
+
+    Every failure is one line naming the file and what it holds: not a checkpoint at all, a
+    pickle that weights_only refuses (it would run code), or the other kind of model.
+    """
+    import pickle
+    import zipfile
+
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if not zipfile.is_zipfile(path) and head[:1] != b"\x80":  # neither torch's zip format nor a pickle
+        raise PipelineError(f"{path} is not a PyTorch checkpoint")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as e:
+        why = next((line.strip() for line in str(e).splitlines() if "GLOBAL" in line), "")
+        raise PipelineError(f"{path} is refused: it holds objects other than tensors and plain data, which "
+                            f"loading would run as code" + (f" ({why[:120]})" if why else "")) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise PipelineError(f"{path} is not a PyTorch checkpoint ({first[:120]})") from None
+    if not isinstance(ckpt, dict) or not {"config", "state_dict"} <= set(ckpt):
+        raise PipelineError(f"{path} is a PyTorch file but not a checkpoint of this project (no config/state_dict)")
+    try:
+        model = cls(**ckpt["config"])
+        model.load_state_dict(ckpt["state_dict"])
+    except (TypeError, RuntimeError, KeyError):
+        other = "language model" if kind == "classifier" else "classifier"
+        looks = other if ("itos" in ckpt) == (other == "language model") else "model of another shape"
+        raise PipelineError(f"{path} holds a {looks}, not a {kind}") from None
+    model.eval()
+    return model, ckpt
+
+
 def load_classifier(path: Path = Path("models/classifier.pt"), device: str = "cpu"):
     if not path.is_file():
         raise PipelineError(f"model {path} not found (run the train stage first: dvc repro train)")
-    ckpt = torch.load(path, map_location=device, weights_only=True)
-    model = build(ckpt["config"])
-    model.load_state_dict(ckpt["state_dict"])
-    model.eval()
-    return model, ckpt
+    return read_checkpoint(path, "classifier", Classifier, device)
 
 
 @torch.no_grad()
@@ -191,11 +222,7 @@ LM_BOS_ID = 2  # pipeline.vocab.BOS_ID (model.py does not import the vocab stage
 def load_lm(path: Path = Path("models/lm.pt"), device: str = "cpu"):
     if not path.is_file():
         raise PipelineError(f"language model {path} not found (run the train_lm stage first: dvc repro train_lm)")
-    ckpt = torch.load(path, map_location=device, weights_only=True)
-    model = LanguageModel(**ckpt["config"])
-    model.load_state_dict(ckpt["state_dict"])
-    model.eval()
-    return model, ckpt
+    return read_checkpoint(path, "language model", LanguageModel, device)
 
 
 def lm_param_names(classifier_config: dict, lm_config: dict) -> list[str]:

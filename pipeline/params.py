@@ -7,6 +7,7 @@ and values are coerced by the field's type, because `yaml.safe_load` reads `1e-0
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import typing
 from dataclasses import dataclass, field
@@ -200,6 +201,13 @@ SECTIONS = {
 
 
 def _check_range(value, meta: dict, key: str) -> None:
+    # Every comparison with NaN is false and infinity passes any lower bound: refuse both first.
+    if isinstance(value, float) and not math.isfinite(value):
+        raise PipelineError(f"{key} must be a finite number, got {value!r}")
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            if isinstance(item, float) and not math.isfinite(item):
+                raise PipelineError(f"{key}[{i}] must be a finite number, got {item!r}")
     if meta.get("choices") is not None and value not in meta["choices"]:
         raise PipelineError(f"{key} must be one of {meta['choices']}, got {value!r}")
     if meta.get("min") is not None and value < meta["min"]:
@@ -210,6 +218,12 @@ def _check_range(value, meta: dict, key: str) -> None:
         raise PipelineError(f"{key} must be > {meta['gt']}, got {value!r}")
     if meta.get("lt") is not None and value >= meta["lt"]:
         raise PipelineError(f"{key} must be < {meta['lt']}, got {value!r}")
+
+
+def check_value(cls, name: str, value, label: str) -> None:
+    """Check one value against the range of field `name` of params class `cls` (e.g. a CLI option)."""
+    field_ = next(f for f in dataclasses.fields(cls) if f.name == name)
+    _check_range(value, field_.metadata, label)
 
 
 def _coerce(value, tp, key: str):
@@ -309,6 +323,23 @@ def parse_params(raw: dict, sections: dict = SECTIONS) -> dict:
     return parsed
 
 
+class DuplicateKey(yaml.YAMLError):
+    pass
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping (YAML keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise DuplicateKey(f"key {key!r} appears twice (line {key_node.start_mark.line + 1})")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def load_params(path: str | Path = PARAMS_FILE) -> dict:
     """Read and validate the whole params file, so a typo anywhere stops a stage before work."""
     try:
@@ -316,7 +347,9 @@ def load_params(path: str | Path = PARAMS_FILE) -> dict:
     except FileNotFoundError:
         raise PipelineError(f"{path} not found (run from the project root)") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)
+    except DuplicateKey as e:
+        raise PipelineError(f"{path}: {e}") from None
     except yaml.YAMLError as e:
         line = getattr(getattr(e, "problem_mark", None), "line", None)
         where = f" at line {line + 1}" if line is not None else ""

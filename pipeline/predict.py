@@ -20,7 +20,7 @@ import numpy as np
 
 from pipeline import data
 from pipeline import text as T
-from pipeline.common import PipelineError, run_main
+from pipeline.common import Parser, PipelineError, run_main
 from pipeline.model import load_classifier, predict_proba
 from pipeline.params import load_params
 from pipeline.vocab import UNK_ID, read_vocab
@@ -32,7 +32,10 @@ def read_texts(path: Path, column: str) -> list[str]:
         raise PipelineError(f"input file not found: {path}")
     suffix = path.suffix.lower()
     if suffix in (".txt", ""):
-        return path.read_text(encoding="utf-8", errors="replace").splitlines()
+        raw = path.read_bytes()
+        if b"\0" in raw:
+            raise PipelineError(f"{path} holds NUL bytes: a binary file, not text (give one review per line)")
+        return T.decode(raw)[0].splitlines()
     import pandas as pd
 
     try:
@@ -70,8 +73,33 @@ def predict(texts: list[str], model_path: Path, vocab_path: Path, lowercase: boo
     return [{"label": "pos" if p >= 0.5 else "neg", "probability": round(float(p), 6)} for p in probs]
 
 
+def positive_int(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {value!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
+    return n
+
+
+def screen(texts: list[str], drop_blank: bool) -> tuple[list[str], int, int]:
+    """Blank inputs and inputs that are mostly not text, counted (and blank lines dropped).
+
+    With drop_blank (one review per line: stdin, .txt), a blank line is no review and is left out;
+    an empty argument or table cell is kept in its place. Returns the texts, the number of blank
+    ones, and how many are suspicious: over a fifth of their characters non-printable (a binary
+    file or the wrong column, most likely).
+    """
+    blank = sum(1 for t in texts if not t.strip())
+    if drop_blank:
+        texts = [t for t in texts if t.strip()]
+    odd = sum(1 for t in texts if sum(not (c.isprintable() or c.isspace()) for c in t) > len(t) / 5)
+    return texts, blank, odd
+
+
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="imdb-predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = Parser(prog="imdb-predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("texts", nargs="*", help="review texts; none = read --file or stdin")
     ap.add_argument("--file", type=Path, help="a .txt, .csv, .jsonl or .parquet file of reviews")
     ap.add_argument("--column", default="text", help="text column of a tabular file (default: text)")
@@ -79,12 +107,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--model", type=Path, default=Path("models/classifier.pt"))
     ap.add_argument("--vocab", type=Path, default=Path("data/vocab/vocab.tsv"))
     ap.add_argument("--params", type=Path, default=Path("params.yaml"), help="for the tokenize settings")
-    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--batch-size", type=positive_int, default=256)
     args = ap.parse_args(argv)
 
     if args.texts and args.file:
         raise PipelineError("give texts as arguments or --file, not both")
     texts = args.texts or (read_texts(args.file, args.column) if args.file else sys.stdin.read().splitlines())
+    by_line = not args.texts and (args.file is None or args.file.suffix.lower() in (".txt", ""))
+    texts, blank, odd = screen(texts, drop_blank=by_line)
+    if blank:
+        what = "skipped" if by_line else "scored as reviews with no words"
+        print(f"imdb-predict: {blank} blank input{'s' * (blank > 1)} {what}", file=sys.stderr)
+    if odd:
+        print(f"imdb-predict: warning: {odd} input{'s are' if odd > 1 else ' is'} mostly non-printable characters "
+              f"(a binary file or the wrong column?); scored anyway", file=sys.stderr)
     if not texts:
         raise PipelineError("no input texts (pass them as arguments, on stdin, or with --file)")
     tok = load_params(args.params)["tokenize"]

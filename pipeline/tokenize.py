@@ -16,6 +16,7 @@ import collections
 import contextlib
 import multiprocessing as mp
 import multiprocessing.pool
+import signal
 import time
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -129,7 +130,9 @@ def worker_pool(workers: int) -> Iterator[mp.pool.Pool | None]:
     if workers <= 1:
         yield None
         return
-    pool = mp.get_context("fork").Pool(workers)
+    # Workers leave SIGTERM to its default: the parent's handler (run_main) would turn the
+    # pool's own shutdown signal into an error in every worker.
+    pool = mp.get_context("fork").Pool(workers, initializer=signal.signal, initargs=(signal.SIGTERM, signal.SIG_DFL))
     try:
         yield pool
     except BaseException:

@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import pytest
 
@@ -43,3 +44,23 @@ def test_atomic_dir_swaps_in_whole_and_keeps_old_on_failure(tmp_path, umask_022)
             raise RuntimeError("boom")
     assert sorted(p.name for p in out.iterdir()) == ["a"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["vocab"]
+
+
+def test_stale_temporaries_of_dead_runs_are_swept_live_ones_kept(tmp_path, monkeypatch):
+    import os
+    import subprocess
+
+    from pipeline.common import sweep_stale
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a pid that no longer runs
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    stale = [tmp_path / f"models/.classifier.pt.{dead.pid}.ab12.tmp", tmp_path / "models/.train.resume.pt.x1y2.tmp"]
+    live = tmp_path / f"models/.lm.pt.{os.getpid()}.cd34.tmp"
+    keep = tmp_path / "models/classifier.pt"
+    for p in [*stale, live, keep]:
+        p.write_text("x")
+    (tmp_path / "data/.raw.q9.tmp").mkdir(parents=True)  # an extraction folder of an old version
+    assert sorted(sweep_stale()) == sorted([Path("data/.raw.q9.tmp"), *(p.relative_to(tmp_path) for p in stale)])
+    assert live.exists() and keep.exists()

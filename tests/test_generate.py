@@ -146,3 +146,20 @@ def test_console_script(lm_repo):
     if exe is None:
         pytest.skip("imdb-generate is not installed (pip install -e .)")
     assert run([exe, "--prompt", "this movie", "--seed", "1"], lm_repo).stdout.startswith("This movie")
+
+
+@pytest.mark.parametrize("option,value,message", [
+    ("--temperature", "nan", "error: --temperature must be a finite number, got nan"),
+    ("--top-p", "1.5", "error: --top-p must be <= 1, got 1.5"),
+    ("--max-tokens", "0", "error: --max-tokens must be >= 1, got 0"),
+    ("--num", "0", "error: --num must be >= 1, got 0"),
+])
+def test_sampling_options_are_checked_like_params_one_line(lm_repo, option, value, message):
+    p = generate(lm_repo, "--prompt", "great", option, value, check=False)
+    assert (p.returncode, p.stdout, p.stderr) == (1, "", message + "\n")
+
+
+def test_a_classifier_given_as_the_lm_is_one_line(lm_repo):
+    run(["dvc", "repro", "train"], lm_repo)
+    p = generate(lm_repo, "--prompt", "great", "--model", "models/classifier.pt", check=False)
+    assert (p.returncode, p.stderr) == (1, "error: models/classifier.pt holds a classifier, not a language model\n")
