@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-
-import yaml
 from pathlib import Path
 
+import yaml
 from conftest import make_repo, run
 
 
