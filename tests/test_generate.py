@@ -159,7 +159,12 @@ def test_sampling_options_are_checked_like_params_one_line(lm_repo, option, valu
     assert (p.returncode, p.stdout, p.stderr) == (1, "", message + "\n")
 
 
-def test_a_classifier_given_as_the_lm_is_one_line(lm_repo):
-    run(["dvc", "repro", "train"], lm_repo)
-    p = generate(lm_repo, "--prompt", "great", "--model", "models/classifier.pt", check=False)
-    assert (p.returncode, p.stderr) == (1, "error: models/classifier.pt holds a classifier, not a language model\n")
+def test_a_classifier_given_as_the_lm_is_one_line(lm_repo, tmp_path):
+    import torch
+
+    from pipeline.model import Classifier
+
+    clf = Classifier(50, 8, 8, 1, True, 0.0)  # a real classifier checkpoint, as train saves it
+    torch.save({"config": clf.config, "state_dict": clf.state_dict()}, tmp_path / "classifier.pt")
+    p = generate(lm_repo, "--prompt", "great", "--model", str(tmp_path / "classifier.pt"), check=False)
+    assert (p.returncode, p.stderr) == (1, f"error: {tmp_path / 'classifier.pt'} holds a classifier, not a language model\n")
