@@ -1,4 +1,5 @@
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -64,3 +65,30 @@ def test_stale_temporaries_of_dead_runs_are_swept_live_ones_kept(tmp_path, monke
     (tmp_path / "data/.raw.q9.tmp").mkdir(parents=True)  # an extraction folder of an old version
     assert sorted(sweep_stale()) == sorted([Path("data/.raw.q9.tmp"), *(p.relative_to(tmp_path) for p in stale)])
     assert live.exists() and keep.exists()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="renameat2 is Linux's")
+def test_atomic_dir_swap_never_leaves_the_folder_missing(tmp_path):
+    import threading
+
+    out = tmp_path / "out"
+    with atomic_dir(out) as tmp:
+        (tmp / "f").write_text("0")
+    missing, done = [], threading.Event()
+
+    def watch():
+        while not done.is_set():
+            if not out.is_dir():
+                missing.append(1)
+
+    reader = threading.Thread(target=watch)
+    reader.start()
+    try:
+        for i in range(1, 200):
+            with atomic_dir(out) as tmp:
+                (tmp / "f").write_text(str(i))
+    finally:
+        done.set()
+        reader.join()
+    assert (out / "f").read_text() == "199" and missing == []
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary or old folder left
