@@ -35,7 +35,7 @@ def worker(args) -> None:
     from pipeline.params import load_params
     from pipeline.train import build_model, run_epoch
 
-    p = load_params()["train"]
+    p = load_params("train")["train"]
     torch.set_num_threads(args.threads)
     device = distributed.init(torch.device("cpu"))
     seqs, labels, _ = data.load_split(args.data)
@@ -89,7 +89,7 @@ def main() -> None:
 
     from pipeline.params import load_params
 
-    p = load_params()["train"]
+    p = load_params("train")["train"]
     best: dict[str, float] = {}
     for r in range(args.rounds):
         for name, nproc, threads in SETUPS:

@@ -24,7 +24,6 @@ from torch import nn
 from pipeline import data
 from pipeline.params import load_params
 from pipeline.train_lm import batchify, build_lm, detach, make_stream
-from pipeline.vocab import read_vocab
 
 
 class BareLM(nn.Module):
@@ -82,11 +81,11 @@ def main() -> None:
         ap.add_argument("--" + key.replace("_", "-"), type=int, help=f"override train_lm.{key}")
     args = ap.parse_args()
 
-    p = load_params()["train_lm"]
+    p = load_params("train_lm")["train_lm"]
     p = dataclasses.replace(p, **{k: getattr(args, k) for k in ("embed_dim", "hidden", "layers", "batch_size", "bptt")
                                   if getattr(args, k) is not None})
     torch.set_num_threads(args.threads or p.threads or torch.get_num_threads())
-    vocab = len(read_vocab(args.vocab_dir / "vocab.tsv"))
+    vocab = len(data.read_vocab(args.vocab_dir / "vocab.tsv"))
     seqs = data.load_split(args.vocab_dir / "train.parquet")[0] + data.load_split(args.vocab_dir / "unsup.parquet")[0]
     need = p.batch_size * p.bptt * (args.batches + 2) + 1
     x, y = batchify(make_stream(seqs, p.seed, need), p.batch_size)

@@ -55,7 +55,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="alternate the two loops this many times")
     args = ap.parse_args()
 
-    p = load_params()["train"]
+    p = load_params("train")["train"]
     torch.set_num_threads(args.threads or p.threads or torch.get_num_threads())
     seqs, labels, _ = data.load_split(args.data)
     seqs = [data.truncate(s, p.max_len, p.head_fraction) for s in seqs]

@@ -6,17 +6,16 @@ C is picked on valid, then the model is scored on test with the classifier's met
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 
-from pipeline import scoring
+from pipeline import paths, scoring
 from pipeline.common import PipelineError, run_main, write_json
 from pipeline.params import load_params
 
-TOKENS_DIR = Path("data/tokens")
-METRICS = Path("metrics/baseline.json")
+TOKENS_DIR = paths.TOKENS
+METRICS = paths.metrics("baseline")
 
 
 def load_tokens(split: str) -> tuple[list[list[str]], np.ndarray]:
@@ -57,7 +56,7 @@ def _ngrams(tokens: list[str], n: int) -> list[str]:
 
 
 def main() -> None:
-    params = load_params()["baseline"]
+    params = load_params("baseline")["baseline"]
     start = time.perf_counter()
     train, valid, test = load_tokens("train"), load_tokens("valid"), load_tokens("test")
     metrics = fit_and_score(train, valid, test, params.ngram_max, params.min_df, params.c_grid, params.max_iter)

@@ -1,15 +1,35 @@
-"""Encoded reviews as arrays, truncation, and length-bucketed batches (the torchtext BucketIterator, done plainly)."""
+"""The vocabulary file, encoded reviews as arrays, truncation, and length-bucketed batches
+(the torchtext BucketIterator, done plainly). torch is imported where tensors are made, so the
+vocab stage reads and writes these files without it."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow.parquet as pq
-import torch
 
 from pipeline.common import PipelineError
 
-PAD_ID = 0
+if TYPE_CHECKING:
+    import torch
+
+# The vocabulary's first entries, in id order.
+PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
+SPECIALS = [PAD, UNK, BOS, EOS]
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = range(4)
+
+
+def read_vocab(path: Path) -> list[str]:
+    """The tokens of a vocab.tsv (token<TAB>count), in id order."""
+    if not path.is_file():
+        raise PipelineError(f"{path} not found (run the vocab stage first)")
+    # split("\n"), not splitlines(): a token may hold characters splitlines() breaks on (\x1c, \u2028).
+    return [line.split("\t", 1)[0] for line in path.read_text(encoding="utf-8").split("\n") if line]
+
+
+def write_vocab(path: Path, vocab: list[tuple[str, int]]) -> None:
+    path.write_text("".join(f"{t}\t{c}\n" for t, c in vocab), encoding="utf-8")
 
 
 def load_split(path: Path) -> tuple[list[np.ndarray], np.ndarray, list[str]]:
@@ -63,6 +83,8 @@ def padded_fraction(lengths: np.ndarray, batches: list[np.ndarray]) -> float:
 
 def collate(seqs: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded (batch, time) ids and their lengths. Empty reviews become one <pad>: length 0 is masked."""
+    import torch
+
     lengths = np.array([len(s) for s in seqs], dtype=np.int64)
     out = np.full((len(seqs), max(int(lengths.max()), 1)), PAD_ID, dtype=np.int64)
     for i, s in enumerate(seqs):

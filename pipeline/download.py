@@ -24,14 +24,14 @@ import urllib.request
 from pathlib import Path
 from typing import Callable
 
-from pipeline import raw
+from pipeline import paths, raw
 from pipeline.common import PipelineError, atomic_file, progress, run_main, write_json
 from pipeline.params import load_params, resolve_source
 
-RAW = Path("data/raw/reviews.parquet")
-LEGACY_DIR = Path("data/raw/aclImdb")  # the extracted tree this stage wrote before the table
-METRICS = Path("metrics/download.json")
-CACHE_DIR = Path("data/downloads")  # verified archives and partial downloads; not a DVC output
+RAW = paths.RAW
+LEGACY_DIR = paths.RAW_LEGACY
+METRICS = paths.metrics("download")
+CACHE_DIR = paths.DOWNLOADS
 BLOCK = 1 << 16
 MAX_BACKOFF = 60.0
 USER_AGENT = "imdb-lstm-pipeline (python-urllib)"
@@ -292,7 +292,7 @@ def _all_failed(failures: list[tuple[str, SourceFailed]]) -> str:
 
 
 def main() -> None:
-    params = load_params()["download"]
+    params = load_params("download")["download"]
     name, source = resolve_source(params)
     start = time.perf_counter()
     archive = obtain([source.url, *source.mirrors], source.sha256, params.timeout, params.retries, params.backoff)

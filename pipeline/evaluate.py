@@ -1,23 +1,21 @@
-"""Stage evaluate: score the classifier on the test split; metrics, plots and its worst mistakes."""
+"""Stage evaluate: score the classifier on the test split; metrics, plots and its worst mistakes.
+
+With --from-lm it is stage evaluate_from_lm: the same for models/classifier_lm.pt, into its own
+files (metrics/evaluate_from_lm.json, plots/evaluate_from_lm/, reports/mistakes_from_lm.jsonl).
+"""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from pipeline import data, scoring
-from pipeline.common import PipelineError, atomic_dir, atomic_file, run_main, torch_threads, write_json
+from pipeline import data, paths, scoring
+from pipeline.common import Parser, PipelineError, atomic_dir, atomic_file, run_main, torch_threads, write_json
 from pipeline.model import load_classifier, predict_proba
 from pipeline.params import load_params
 
-VOCAB_DIR = Path("data/vocab")
-TOKENS = Path("data/tokens/test.parquet")
-MODEL = Path("models/classifier.pt")
-METRICS = Path("metrics/evaluate.json")
-PLOTS = Path("plots/evaluate")
-MISTAKES = Path("reports/mistakes.jsonl")
+TOKENS = paths.TOKENS / "test.parquet"
 LENGTH_EDGES = [0, 100, 200, 400, 800]  # review length buckets, in tokens
 
 
@@ -52,11 +50,15 @@ def confident_mistakes(ids: list[str], texts: list[str], y: np.ndarray, p: np.nd
     return [{"id": ids[i], "label": int(y[i]), "p_positive": round(float(p[i]), 4), "text": texts[i]} for i in worst]
 
 
-def main(model_path: Path = MODEL, metrics_path: Path = METRICS, plots_dir: Path = PLOTS, mistakes_path: Path = MISTAKES) -> None:
-    params = load_params()["evaluate"]
+def main(argv: list[str] | None = None) -> None:
+    ap = Parser(prog="python -m pipeline.evaluate", description=__doc__.split("\n", 1)[0])
+    ap.add_argument("--from-lm", action="store_true", help="stage evaluate_from_lm: the LM-initialised classifier")
+    args = ap.parse_args(argv)
+    out = paths.EVALUATE_FROM_LM if args.from_lm else paths.EVALUATE
+    params = load_params("evaluate")["evaluate"]
     torch_threads(0)
-    model, ckpt = load_classifier(model_path)
-    seqs, y, ids = data.load_split(VOCAB_DIR / "test.parquet")
+    model, ckpt = load_classifier(out.model)
+    seqs, y, ids = data.load_split(paths.VOCAB / "test.parquet")
     n_tokens = np.array([len(s) for s in seqs])
     seqs = [data.truncate(s, ckpt["max_len"], ckpt["head_fraction"]) for s in seqs]
     p = predict_proba(model, seqs, params.batch_size)
@@ -69,13 +71,12 @@ def main(model_path: Path = MODEL, metrics_path: Path = METRICS, plots_dir: Path
         raise PipelineError(f"{TOKENS} not found (run the tokenize stage first: dvc repro tokenize)")
     tokens = pq.read_table(TOKENS, columns=["tokens"])["tokens"].to_pylist()
     mistakes = confident_mistakes(ids, [" ".join(t) for t in tokens], y, p, params.n_mistakes)
-    with atomic_dir(plots_dir) as tmp:
+    with atomic_dir(out.plots) as tmp:
         write_plots(tmp, y.astype(int), p, n_tokens)
-    mistakes_path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(mistakes_path) as tmp:
+    with atomic_file(out.mistakes) as tmp:
         tmp.write_text("".join(json.dumps(m, ensure_ascii=False) + "\n" for m in mistakes), encoding="utf-8")
-    write_json(metrics_path, metrics)
-    print(f"evaluate: test accuracy {metrics['accuracy']:.4f}, ROC-AUC {metrics['roc_auc']:.4f} on {len(y):,} reviews")
+    write_json(out.metrics, metrics)
+    print(f"{out.stage}: test accuracy {metrics['accuracy']:.4f}, ROC-AUC {metrics['roc_auc']:.4f} on {len(y):,} reviews")
 
 
 if __name__ == "__main__":

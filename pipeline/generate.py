@@ -19,16 +19,17 @@ from pathlib import Path
 
 import torch
 
+from pipeline import paths
 from pipeline import text as T
 from pipeline.common import Parser, PipelineError, atomic_file, run_main, write_json
 from pipeline.model import LanguageModel, load_lm
-from pipeline.params import GenerateParams, check_value, load_params
-from pipeline.vocab import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+from pipeline.params import PARAMS_FILE, GenerateParams, check_value, load_params
+from pipeline.data import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
-MODEL = Path("models/lm.pt")
-SAMPLES = Path("reports/samples.md")
-SAMPLES_JSONL = Path("reports/samples.jsonl")  # the same samples for programs (pipeline.report reads it)
-METRICS = Path("metrics/generate.json")
+MODEL = paths.LM
+SAMPLES = paths.SAMPLES
+SAMPLES_JSONL = paths.SAMPLES_JSONL
+METRICS = paths.metrics("generate")
 
 
 # --- sampling: pure functions of a logits vector ----------------------------------------------
@@ -225,10 +226,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--allow-unk", action="store_true", default=None, help="let <unk> be sampled")
     ap.add_argument("--json", action="store_true", help="one JSON object per sample instead of plain text")
     ap.add_argument("--model", type=Path, default=MODEL)
-    ap.add_argument("--params", type=Path, default=Path("params.yaml"))
+    ap.add_argument("--params", type=Path, default=Path(PARAMS_FILE))
     args = ap.parse_args(argv)
 
-    all_params = load_params(args.params)
+    all_params = load_params("generate", "tokenize", path=args.params)
     params: GenerateParams = all_params["generate"]
     max_chars = all_params["tokenize"].max_chars
     if args.prompt is None:

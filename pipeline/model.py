@@ -105,7 +105,7 @@ def read_checkpoint(path: Path, kind: str, cls, device: str = "cpu"):
     return model, ckpt
 
 
-def load_classifier(path: Path = Path("models/classifier.pt"), device: str = "cpu"):
+def load_classifier(path: Path, device: str = "cpu"):
     if not path.is_file():
         raise PipelineError(f"model {path} not found (run the train stage first: dvc repro train)")
     return read_checkpoint(path, "classifier", Classifier, device)
@@ -219,7 +219,7 @@ class LanguageModel(nn.Module):
 LM_BOS_ID = 2  # pipeline.vocab.BOS_ID (model.py does not import the vocab stage)
 
 
-def load_lm(path: Path = Path("models/lm.pt"), device: str = "cpu"):
+def load_lm(path: Path, device: str = "cpu"):
     if not path.is_file():
         raise PipelineError(f"language model {path} not found (run the train_lm stage first: dvc repro train_lm)")
     return read_checkpoint(path, "language model", LanguageModel, device)

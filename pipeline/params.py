@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 import typing
 from dataclasses import dataclass, field
@@ -304,22 +305,24 @@ RECIPE_KEY = "recipe"
 
 
 def parse_params(raw: dict, sections: dict = SECTIONS) -> dict:
-    """Validate every section of a params mapping; return {section: dataclass}."""
+    """Validate the given sections of a params mapping (others are not looked at; with all
+    SECTIONS, an unknown one is an error); return {section: dataclass}."""
     if not isinstance(raw, dict):
         raise PipelineError("params.yaml must be a mapping of sections")
     if RECIPE_KEY in raw:
         recipe = raw[RECIPE_KEY]
         if not isinstance(recipe, str) or not recipe.strip():
             raise PipelineError(f"{RECIPE_KEY} must be the name of a recipe in conf/recipe/, got {recipe!r}")
-        raw = {k: v for k, v in raw.items() if k != RECIPE_KEY}
-    unknown = sorted(set(raw) - set(sections))
-    if unknown:
-        raise PipelineError(f"unknown section {unknown[0]} in params.yaml (known: {', '.join(sections)})")
+    if sections is SECTIONS:  # the whole file: a section nobody reads is a typo
+        unknown = sorted(set(raw) - set(sections) - {RECIPE_KEY})
+        if unknown:
+            raise PipelineError(f"unknown section {unknown[0]} in params.yaml (known: {', '.join(sections)})")
     missing = [s for s in sections if s not in raw]
     if missing:
         raise PipelineError(f"missing section {missing[0]} in params.yaml")
     parsed = {name: _build(cls, raw[name], name) for name, cls in sections.items()}
-    _check_sources(parsed["download"])
+    if "download" in parsed:
+        _check_sources(parsed["download"])
     return parsed
 
 
@@ -340,8 +343,12 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
-def load_params(path: str | Path = PARAMS_FILE) -> dict:
-    """Read and validate the whole params file, so a typo anywhere stops a stage before work."""
+def load_params(*sections: str, path: str | Path = PARAMS_FILE) -> dict:
+    """Read the params file and validate `sections` (all of them when none are named), so a
+    stage stops on a bad value of its own before any work, and only on its own."""
+    unknown = [s for s in sections if s not in SECTIONS]
+    if unknown:
+        raise ValueError(f"no params section {unknown[0]!r}")  # a bug in the caller
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -354,8 +361,15 @@ def load_params(path: str | Path = PARAMS_FILE) -> dict:
         line = getattr(getattr(e, "problem_mark", None), "line", None)
         where = f" at line {line + 1}" if line is not None else ""
         raise PipelineError(f"{path} is not valid YAML{where}") from None
-    return parse_params(raw)
+    _trace(sections or tuple(SECTIONS))
+    return parse_params(raw, {s: SECTIONS[s] for s in sections} if sections else SECTIONS)
 
 
-def load_section(name: str, path: str | Path = PARAMS_FILE):
-    return load_params(path)[name]
+def _trace(sections) -> None:
+    """With PIPELINE_PARAMS_TRACE set to a folder, note which sections a DVC stage reads, in a
+    file named after the stage (DVC sets DVC_STAGE): tests/test_dvc_yaml.py compares them with
+    the `params` dvc.yaml declares."""
+    folder, stage = os.environ.get("PIPELINE_PARAMS_TRACE"), os.environ.get("DVC_STAGE")
+    if folder and stage:
+        with open(Path(folder) / stage, "a", encoding="utf-8") as f:
+            f.write("".join(f"{s}\n" for s in sections))

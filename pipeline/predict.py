@@ -18,12 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import data
+from pipeline import data, paths
 from pipeline import text as T
 from pipeline.common import Parser, PipelineError, run_main
 from pipeline.model import load_classifier, predict_proba
-from pipeline.params import load_params
-from pipeline.vocab import UNK_ID, read_vocab
+from pipeline.params import PARAMS_FILE, load_params
 
 
 def read_texts(path: Path, column: str) -> list[str]:
@@ -57,7 +56,7 @@ def read_texts(path: Path, column: str) -> list[str]:
 def encode_texts(texts: list[str], itos: list[str], lowercase: bool, max_chars: int) -> list[np.ndarray]:
     stoi = {t: i for i, t in enumerate(itos)}
     tokens = T.tokenize(T.load_tokenizer(), [T.clean(t, max_chars) for t in texts], lowercase)
-    return [np.array([stoi.get(t, UNK_ID) for t in toks], dtype=np.int64) for toks in tokens]
+    return [np.array([stoi.get(t, data.UNK_ID) for t in toks], dtype=np.int64) for toks in tokens]
 
 
 def predict(texts: list[str], model_path: Path, vocab_path: Path, lowercase: bool, max_chars: int, batch_size: int = 256) -> list[dict]:
@@ -65,7 +64,7 @@ def predict(texts: list[str], model_path: Path, vocab_path: Path, lowercase: boo
     model, ckpt = load_classifier(model_path)
     if not vocab_path.is_file():
         raise PipelineError(f"vocab {vocab_path} not found (run the pipeline first: dvc repro)")
-    itos = read_vocab(vocab_path)
+    itos = data.read_vocab(vocab_path)
     if len(itos) != ckpt["config"]["vocab_size"]:
         raise PipelineError(f"{vocab_path} has {len(itos)} entries but the model expects {ckpt['config']['vocab_size']}: rerun dvc repro")
     seqs = [data.truncate(s, ckpt["max_len"], ckpt["head_fraction"]) for s in encode_texts(texts, itos, lowercase, max_chars)]
@@ -104,9 +103,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--file", type=Path, help="a .txt, .csv, .jsonl or .parquet file of reviews")
     ap.add_argument("--column", default="text", help="text column of a tabular file (default: text)")
     ap.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
-    ap.add_argument("--model", type=Path, default=Path("models/classifier.pt"))
-    ap.add_argument("--vocab", type=Path, default=Path("data/vocab/vocab.tsv"))
-    ap.add_argument("--params", type=Path, default=Path("params.yaml"), help="for the tokenize settings")
+    ap.add_argument("--model", type=Path, default=paths.TRAIN.model)
+    ap.add_argument("--vocab", type=Path, default=paths.VOCAB_FILE)
+    ap.add_argument("--params", type=Path, default=Path(PARAMS_FILE), help="for the tokenize settings")
     ap.add_argument("--batch-size", type=positive_int, default=256)
     args = ap.parse_args(argv)
 
@@ -123,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
               f"(a binary file or the wrong column?); scored anyway", file=sys.stderr)
     if not texts:
         raise PipelineError("no input texts (pass them as arguments, on stdin, or with --file)")
-    tok = load_params(args.params)["tokenize"]
+    tok = load_params("tokenize", path=args.params)["tokenize"]
     rows = predict(texts, args.model, args.vocab, tok.lowercase, tok.max_chars, args.batch_size)
     if args.format == "csv":
         w = csv.writer(sys.stdout, lineterminator="\n")

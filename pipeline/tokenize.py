@@ -26,14 +26,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline import raw
+from pipeline import paths, raw
 from pipeline import text as T
-from pipeline.common import PipelineError, atomic_dir, cpu_count, progress, run_main, write_json
+from pipeline.common import atomic_dir, cpu_count, progress, run_main, write_json
 from pipeline.params import load_params
 
-RAW = Path("data/raw/reviews.parquet")
-OUT_DIR = Path("data/tokens")
-METRICS = Path("metrics/tokenize.json")
+RAW = paths.RAW
+OUT_DIR = paths.TOKENS
+METRICS = paths.metrics("tokenize")
 
 SCHEMA = pa.schema(
     [
@@ -185,7 +185,7 @@ def tokenize_split(
 
 
 def main() -> None:
-    params = load_params()["tokenize"]
+    params = load_params("tokenize")["tokenize"]
     start = time.perf_counter()
     train, valid = split_valid(raw.read_split(RAW, "train"), params.valid_fraction, params.seed)
     splits = {"train": train, "valid": valid, "test": raw.read_split(RAW, "test")}

@@ -3,12 +3,15 @@
 Outputs: models/classifier.pt, metrics/train.json, per-epoch curves in dvclive/train/.
 Each epoch ends with models/train.resume.pt; after an interruption, train.resume carries on
 from it and ends with the same weights an uninterrupted run would have.
+
+With --from-lm it is stage train_from_lm: the same classifier and `train` params, its embedding
+and first forward LSTM layer(s) copied from models/lm.pt (pipeline.model.init_classifier_from_lm),
+trained at lr * train_from_lm.lm_lr_mult and frozen for train_from_lm.unfreeze_epoch epochs;
+outputs models/classifier_lm.pt, metrics/train_from_lm.json, dvclive/train_from_lm/.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
-import dataclasses
 import math
 import time
 from pathlib import Path
@@ -18,53 +21,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline import data, distributed
-from pipeline.common import PipelineError, run_main, save_torch, torch_threads, write_json
+from pipeline import data, distributed, paths, training
+from pipeline.common import Parser, PipelineError, run_main
 from pipeline.model import Classifier, init_classifier_from_lm, lm_param_names, load_lm_init
 from pipeline.params import TrainParams, load_params
-from pipeline.vocab import read_vocab
-
-VOCAB_DIR = Path("data/vocab")
-VECTORS = VOCAB_DIR / "vectors.npy"  # written by the vocab stage when vocab.vectors is set
-MODEL = Path("models/classifier.pt")
-RESUME = Path("models/train.resume.pt")
-METRICS = Path("metrics/train.json")
-LIVE_DIR = "dvclive/train"
-LM = Path("models/lm.pt")
-# Stage train_from_lm (train.main(init="lm")): the same classifier started from the LM, its own outputs.
-FROM_LM = dict(model=Path("models/classifier_lm.pt"), resume=Path("models/train_from_lm.resume.pt"),
-               metrics=Path("metrics/train_from_lm.json"), live="dvclive/train_from_lm")
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise PipelineError("train.device is cuda but no CUDA device is available")
-    return torch.device("cuda" if name in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
-
-
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA where supported, else fp16 (with a grad scaler); off on CPU."""
-    if device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
-    return torch.autocast("cpu", enabled=False)
-
-
-def lr_lambda(schedule: str, warmup: float, total: int) -> Callable[[int], float]:
-    """Multiplier of the base lr at each step: linear warm-up, then constant/cosine/linear decay."""
-    warm = int(warmup * total)
-
-    def f(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        progress = min(1.0, (step - warm) / max(1, total - warm))
-        if schedule == "cosine":
-            return 0.5 * (1 + math.cos(math.pi * progress))
-        if schedule == "linear":
-            return 1.0 - progress
-        return 1.0
-
-    return f
+from pipeline.training import autocast
 
 
 def run_epoch(model, seqs, labels, batches, device, optimizer=None, scheduler=None, clip=0.0, scaler=None):
@@ -84,20 +45,7 @@ def run_epoch(model, seqs, labels, batches, device, optimizer=None, scheduler=No
                 logits = model(data.to_device(ids, device), data.to_device(lengths, device)).float()
             loss = loss_fn(logits, y)
             if optimizer is not None:
-                optimizer.zero_grad(set_to_none=True)
-                mean = loss * weight  # loss / len(b) in one process
-                if scaler is not None:  # fp16 only: scale so small gradients survive
-                    scaler.scale(mean).backward()
-                    scaler.unscale_(optimizer)
-                else:
-                    mean.backward()
-                if clip > 0:
-                    nn.utils.clip_grad_norm_(model.parameters(), clip)
-                if scaler is not None:
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
+                training.step(loss * weight, optimizer, model.parameters(), clip, scaler)  # * weight: loss / len(b) in one process
                 scheduler.step()
             if weight == 0:  # a stand-in review, for a rank with no share of this batch
                 continue
@@ -107,14 +55,6 @@ def run_epoch(model, seqs, labels, batches, device, optimizer=None, scheduler=No
             tokens += int(lengths.sum())
     total_loss, correct, n, tokens = distributed.all_sum(total_loss, correct, n, tokens)
     return total_loss / max(n, 1), correct / max(n, 1), tokens
-
-
-def signature(params: TrainParams, vocab_size: int, n_train: int) -> dict:
-    """What a resume file must match (same params and data shape), or it is ignored."""
-    sig = dataclasses.asdict(params)
-    for key in ("resume", "threads", "device", "nproc"):  # settings that do not change the math
-        sig.pop(key)
-    return {**sig, "vocab_size": vocab_size, "n_train": n_train}
 
 
 def build_model(params: TrainParams, vocab_size: int, vectors: np.ndarray | None, lm: dict | None = None) -> Classifier:
@@ -155,28 +95,23 @@ def fit(params: TrainParams, vocab_size: int, train, valid, device: torch.device
         groups.append({"params": pretrained, "lr": params.lr * lm["lr_mult"]})
     optimizer = torch.optim.AdamW(groups, lr=params.lr, weight_decay=params.weight_decay)
     steps_per_epoch = math.ceil(len(train_seqs) / params.batch_size)
-    schedule = lr_lambda(params.lr_schedule, params.warmup, steps_per_epoch * params.epochs)
+    schedule = training.lr_lambda(params.lr_schedule, params.warmup, steps_per_epoch * params.epochs)
     schedules = [schedule]
     if pretrained:  # the LM's weights stay put (lr 0) for unfreeze_epoch epochs; requires_grad would upset DDP
         frozen_steps = lm["unfreeze_epoch"] * steps_per_epoch
         schedules.append(lambda step: schedule(step) if step >= frozen_steps else 0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedules)
-    scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and not torch.cuda.is_bf16_supported() else None
+    scaler = training.grad_scaler(device)
 
-    sig = signature(params, vocab_size, len(train_seqs))
+    sig = training.signature(params, vocab_size=vocab_size, n_train=len(train_seqs))
     if lm is not None:
         sig.update(lm_lr_mult=lm["lr_mult"], unfreeze_epoch=lm["unfreeze_epoch"], lm_digest=lm["digest"])
-    state = {"epoch": 0, "best": None, "best_score": float("-inf"), "best_epoch": 0, "bad_epochs": 0, "history": []}
-    if resume_path is not None and resume_path.is_file():
-        saved = torch.load(resume_path, map_location=device, weights_only=True)
-        if saved.get("signature") == sig:
-            model.load_state_dict(saved["model"])
-            optimizer.load_state_dict(saved["optimizer"])
-            scheduler.load_state_dict(saved["scheduler"])
-            state = saved["state"]
-            print(f"train: resuming after epoch {state['epoch']} from {resume_path}")
-        else:
-            print(f"train: ignoring {resume_path}, it was made with other params")
+    resume = training.Resume(resume_path, sig, "train")
+    state = resume.restore(device, log, model=model, optimizer=optimizer, scheduler=scheduler)
+    if state is not None:
+        print(f"train: resuming after epoch {state['epoch']} from {resume_path}")
+    else:
+        state = {"epoch": 0, "best": None, "best_score": float("-inf"), "best_epoch": 0, "bad_epochs": 0, "history": []}
     resumed_at = state["epoch"]
     distributed.check_agree(resumed_at, "the epoch to resume from")
 
@@ -206,9 +141,9 @@ def fit(params: TrainParams, vocab_size: int, train, valid, device: torch.device
               f" | {n / seconds:,.0f} tokens/s")
         if log:
             log(row)
-        if resume_path is not None and distributed.is_main():
-            save_torch({"signature": sig, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "state": state}, resume_path)
+        if distributed.is_main():
+            resume.save(model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                        state=state)
     if state["bad_epochs"] >= params.patience:
         print(f"train: early stop, {params.monitor} has not improved for {params.patience} epochs")
     return {**state, "model": model, "tokens": tokens, "seconds": time.perf_counter() - start, "resumed_at": resumed_at,
@@ -216,64 +151,46 @@ def fit(params: TrainParams, vocab_size: int, train, valid, device: torch.device
 
 
 def load_data(params: TrainParams, split: str):
-    seqs, labels, _ = data.load_split(VOCAB_DIR / f"{split}.parquet")
+    seqs, labels, _ = data.load_split(paths.VOCAB / f"{split}.parquet")
     return [data.truncate(s, params.max_len, params.head_fraction) for s in seqs], labels
 
 
-def main(init: str = "scratch") -> None:
-    """init "scratch" is stage train; "lm" is stage train_from_lm, with its own outputs (FROM_LM)."""
-    out = FROM_LM if init == "lm" else dict(model=MODEL, resume=RESUME, metrics=METRICS, live=LIVE_DIR)
-    params: TrainParams = load_params()["train"]
-    # train.nproc > 1: continue under torchrun
-    distributed.relaunch(params.nproc, "pipeline.train_from_lm" if init == "lm" else "pipeline.train")
-    threads = torch_threads(params.threads, distributed.local_world())
-    device = distributed.init(pick_device(params.device))
-    if not (VOCAB_DIR / "vocab.tsv").is_file():
-        raise PipelineError(f"{VOCAB_DIR}/vocab.tsv not found (run the vocab stage first)")
-    vocab_size = len(read_vocab(VOCAB_DIR / "vocab.tsv"))
-    vectors = np.load(VECTORS) if VECTORS.is_file() else None
+def curve_metrics(row: dict) -> dict:
+    return {k.replace("_", "/", 1): round(row[k], 6) for k in ("train_loss", "train_acc", "valid_loss", "valid_acc")}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = Parser(prog="python -m pipeline.train", description=__doc__.split("\n", 1)[0])
+    ap.add_argument("--from-lm", action="store_true",
+                    help="stage train_from_lm: start from models/lm.pt (params section train_from_lm), own outputs")
+    args = ap.parse_args(argv)
+    out = paths.TRAIN_FROM_LM if args.from_lm else paths.TRAIN
+    sections = load_params("train", "train_from_lm") if args.from_lm else load_params("train")
+    params: TrainParams = sections["train"]
+    distributed.relaunch(params.nproc, "pipeline.train")  # train.nproc > 1: continue under torchrun
+    threads, device = training.setup(params, "train", distributed.local_world())
+    device = distributed.init(device)
+    vocab_size = len(data.read_vocab(paths.VOCAB_FILE))
+    vectors = np.load(paths.VOCAB_VECTORS) if paths.VOCAB_VECTORS.is_file() else None
     train, valid = load_data(params, "train"), load_data(params, "valid")
-
-    from dvclive import Live
-
     lm = None
-    if init == "lm":
-        from_lm = load_params()["train_from_lm"]
-        lm = load_lm_init(LM, from_lm.lm_lr_mult, from_lm.unfreeze_epoch)
-    resume = out["resume"] if params.resume else None
-    resuming = resume is not None and resume.is_file()
-    # Rank 0 alone writes curves, metrics and weights; all ranks hold the same all-reduced numbers.
-    with (Live(out["live"], dvcyaml=None, save_dvc_exp=False, resume=resuming) if distributed.is_main()
-          else contextlib.nullcontext()) as live:
-        def log(row):
-            for k in ("train_loss", "train_acc", "valid_loss", "valid_acc"):
-                live.log_metric(k.replace("_", "/", 1), round(row[k], 6))
-            live.next_step()
+    if args.from_lm:
+        from_lm = sections["train_from_lm"]
+        lm = load_lm_init(paths.LM, from_lm.lm_lr_mult, from_lm.unfreeze_epoch)
 
-        result = fit(params, vocab_size, train, valid, device, resume, vectors, log if live is not None else None, lm)
-    distributed.report("train_from_lm" if init == "lm" else "train")
+    # Rank 0 alone writes curves, metrics and weights; all ranks hold the same all-reduced numbers.
+    with training.curves(out.live, curve_metrics, enabled=distributed.is_main()) as log:
+        result = fit(params, vocab_size, train, valid, device, out.resume if params.resume else None, vectors, log, lm)
+    distributed.report(out.stage)
     if not distributed.is_main():
         return
 
     best = result["history"][result["best_epoch"] - 1]
-    save_torch({"config": result["model"].config, "state_dict": {k: v.cpu() for k, v in result["best"].items()},
-                "max_len": params.max_len, "head_fraction": params.head_fraction, "threads": threads}, out["model"])
-    out["resume"].unlink(missing_ok=True)
-    write_json(out["metrics"], {
-        "best_epoch": result["best_epoch"],
-        "epochs_run": result["epoch"],
-        "valid_loss": round(best["valid_loss"], 6),
-        "valid_acc": round(best["valid_acc"], 6),
-        "train_loss": round(best["train_loss"], 6),
-        "train_acc": round(best["train_acc"], 6),
-        "parameters": sum(p.numel() for p in result["model"].parameters()),
-        "padded_fraction": round(result["padded_fraction"], 4),
-        "threads": threads,  # with the CPU type, what the bytes of a rerun depend on
-    })
-    rate = result["tokens"] / max(result["seconds"], 1e-9)
-    print(f"train: best epoch {result['best_epoch']}, valid acc {best['valid_acc']:.4f} "
-          f"({result['seconds']:.1f}s, {rate:,.0f} train tokens/s, {device})")
-
+    training.finish(out, result["model"], result["best"], {"max_len": params.max_len, "head_fraction": params.head_fraction},
+                    {"best_epoch": result["best_epoch"], "epochs_run": result["epoch"],
+                     **{k: round(best[k], 6) for k in ("valid_loss", "valid_acc", "train_loss", "train_acc")},
+                     "padded_fraction": round(result["padded_fraction"], 4)},
+                    threads, result, device, f"best epoch {result['best_epoch']}, valid acc {best['valid_acc']:.4f}")
 
 if __name__ == "__main__":
     run_main(main)

@@ -12,7 +12,6 @@ carries on from it and ends with the same weights an uninterrupted run would hav
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 import time
 from pathlib import Path
@@ -20,23 +19,18 @@ from typing import Callable
 
 import numpy as np
 import torch
-from torch import nn
 
-from pipeline import data
-from pipeline.common import PipelineError, run_main, save_torch, torch_threads, write_json
+from pipeline import data, paths, training
+from pipeline.common import PipelineError, run_main
+from pipeline.data import BOS_ID, EOS_ID
 from pipeline.model import LanguageModel
 from pipeline.params import TrainLMParams, load_params
-from pipeline.train import autocast, lr_lambda
-from pipeline.vocab import BOS_ID, EOS_ID, read_vocab
+from pipeline.training import autocast
 
-VOCAB_DIR = Path("data/vocab")
-MODEL = Path("models/lm.pt")
-RESUME = Path("models/train_lm.resume.pt")
-METRICS = Path("metrics/train_lm.json")
-LIVE_DIR = "dvclive/train_lm"
+OUT = paths.TRAIN_LM
 # Wall-clock time never goes into a tracked output (a rerun would change its bytes): the
 # perplexity-against-minutes curve is an untracked log beside the tracked curves.
-TIME_LOG = Path("logs/train_lm/minutes.tsv")
+TIME_LOG = paths.LOGS / "train_lm" / "minutes.tsv"
 EVAL_SEED = 0  # valid/test order: fixed, so eval_tokens cuts the same reviews whatever train_lm.seed is
 
 
@@ -99,13 +93,6 @@ def perplexity(total: float, count: int) -> float:
     return math.exp(total / max(count, 1))
 
 
-def signature(params: TrainLMParams, vocab_size: int, n_train: int) -> dict:
-    sig = dataclasses.asdict(params)
-    for key in ("resume", "threads", "device"):
-        sig.pop(key)
-    return {**sig, "vocab_size": vocab_size, "n_train": n_train}
-
-
 def build_lm(params: TrainLMParams, vocab_size: int) -> LanguageModel:
     torch.manual_seed(params.seed)
     cutoffs = list(params.cutoffs)
@@ -115,19 +102,6 @@ def build_lm(params: TrainLMParams, vocab_size: int) -> LanguageModel:
         raise PipelineError(f"train_lm.cutoffs must start below the vocabulary size ({vocab_size}), got {cutoffs}")
     return LanguageModel(vocab_size, params.embed_dim, params.hidden, params.layers, cutoffs, params.dropout_emb,
                          params.dropout_in, params.dropout_hidden, params.dropout_out, params.weight_drop)
-
-
-def _rng_state(device: torch.device) -> dict:
-    state = {"cpu": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: dict, device: torch.device) -> None:
-    torch.set_rng_state(state["cpu"].cpu())
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
 
 
 def fit_lm(params: TrainLMParams, vocab_size: int, train: np.ndarray, valid: np.ndarray, device: torch.device,
@@ -140,24 +114,19 @@ def fit_lm(params: TrainLMParams, vocab_size: int, train: np.ndarray, valid: np.
     x, y = batchify(train, params.batch_size)
     schedules = [bptt_schedule(x.size(1), params.bptt, np.random.default_rng([params.seed, e])) for e in range(params.epochs)]
     total_steps = sum(len(s) for s in schedules)
-    lr_at = lr_lambda(params.lr_schedule, params.warmup, total_steps)
+    lr_at = training.lr_lambda(params.lr_schedule, params.warmup, total_steps)
 
     model = build_lm(params, vocab_size).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
-    scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and not torch.cuda.is_bf16_supported() else None
+    scaler = training.grad_scaler(device)
 
-    sig = signature(params, vocab_size, len(train))
-    state = {"epoch": 0, "step": 0, "global_step": 0, "hidden": None, "rng": None, "loss_sum": 0.0, "loss_count": 0,
-             "best": None, "best_ppl": float("inf"), "best_step": 0, "history": [], "seconds": 0.0}
-    if resume_path is not None and resume_path.is_file():
-        saved = torch.load(resume_path, map_location=device, weights_only=True)
-        if saved.get("signature") == sig:
-            model.load_state_dict(saved["model"])
-            optimizer.load_state_dict(saved["optimizer"])
-            state = saved["state"]
-            print(f"train_lm: resuming at epoch {state['epoch'] + 1}, step {state['step']} from {resume_path}")
-        else:
-            print(f"train_lm: ignoring {resume_path}, it was made with other params")
+    resume = training.Resume(resume_path, training.signature(params, vocab_size=vocab_size, n_train=len(train)), "train_lm")
+    state = resume.restore(device, log, model=model, optimizer=optimizer)
+    if state is not None:
+        print(f"train_lm: resuming at epoch {state['epoch'] + 1}, step {state['step']} from {resume_path}")
+    else:
+        state = {"epoch": 0, "step": 0, "global_step": 0, "hidden": None, "rng": None, "loss_sum": 0.0, "loss_count": 0,
+                 "best": None, "best_ppl": float("inf"), "best_step": 0, "history": [], "seconds": 0.0}
     resumed_at = state["global_step"]
 
     def elapsed() -> float:
@@ -179,9 +148,7 @@ def fit_lm(params: TrainLMParams, vocab_size: int, train: np.ndarray, valid: np.
             log(row)
 
     def save() -> None:
-        if resume_path is not None:
-            save_torch({"signature": sig, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "state": {**state, "seconds": elapsed()}}, resume_path)
+        resume.save(model=model.state_dict(), optimizer=optimizer.state_dict(), state={**state, "seconds": elapsed()})
 
     tokens = 0
     t0 = time.perf_counter()
@@ -190,7 +157,7 @@ def fit_lm(params: TrainLMParams, vocab_size: int, train: np.ndarray, valid: np.
         if state["step"] == 0:  # a fresh epoch; a resumed one restores the RNG it stopped with
             torch.manual_seed(params.seed * 1000 + epoch)
         else:
-            _set_rng_state(state["rng"], device)
+            training.set_rng_state(state["rng"], device)
         hidden = None if state["hidden"] is None else [tuple(t.to(device) for t in s) for s in state["hidden"]]
         while state["step"] < len(schedule):
             start, length = schedule[state["step"]]
@@ -202,20 +169,7 @@ def fit_lm(params: TrainLMParams, vocab_size: int, train: np.ndarray, valid: np.
                 features, hidden = model(x[:, start : start + length].to(device, non_blocking=True), hidden)
             loss, count = model.loss(features, y[:, start : start + length].to(device, non_blocking=True))
             hidden = detach(hidden)
-            optimizer.zero_grad(set_to_none=True)
-            mean = loss / max(count, 1)
-            if scaler is not None:
-                scaler.scale(mean).backward()
-                scaler.unscale_(optimizer)
-            else:
-                mean.backward()
-            if params.clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), params.clip)
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
+            training.step(loss / max(count, 1), optimizer, model.parameters(), params.clip, scaler)
             state["loss_sum"] += loss.item()
             state["loss_count"] += count
             tokens += length * params.batch_size
@@ -223,7 +177,7 @@ def fit_lm(params: TrainLMParams, vocab_size: int, train: np.ndarray, valid: np.
             state["global_step"] += 1
             if params.eval_every and state["step"] % params.eval_every == 0 and state["step"] < len(schedule):
                 check(epoch + state["step"] / len(schedule))
-                state["hidden"], state["rng"] = hidden, _rng_state(device)
+                state["hidden"], state["rng"] = hidden, training.rng_state(device)
                 save()
         check(epoch + 1)
         state.update(epoch=epoch + 1, step=0, hidden=None, rng=None)
@@ -234,58 +188,47 @@ def fit_lm(params: TrainLMParams, vocab_size: int, train: np.ndarray, valid: np.
 
 def load_streams(params: TrainLMParams) -> dict[str, np.ndarray]:
     """train = train + unsup reviews (seeded order, cut to the token budget); valid, test (cut to eval_tokens)."""
-    unsup = VOCAB_DIR / "unsup.parquet"
+    unsup = paths.VOCAB / "unsup.parquet"
     if not unsup.is_file():
         raise PipelineError(f"{unsup} not found: the language model needs the unlabelled reviews "
                             "(set tokenize.unsup: true and vocab.use_unsup: true, then dvc repro vocab)")
-    train = data.load_split(VOCAB_DIR / "train.parquet")[0] + data.load_split(unsup)[0]
+    train = data.load_split(paths.VOCAB / "train.parquet")[0] + data.load_split(unsup)[0]
     return {
         "train": make_stream(train, params.seed, params.token_budget),
-        "valid": make_stream(data.load_split(VOCAB_DIR / "valid.parquet")[0], EVAL_SEED, params.eval_tokens),
-        "test": make_stream(data.load_split(VOCAB_DIR / "test.parquet")[0], EVAL_SEED, params.eval_tokens),
+        "valid": make_stream(data.load_split(paths.VOCAB / "valid.parquet")[0], EVAL_SEED, params.eval_tokens),
+        "test": make_stream(data.load_split(paths.VOCAB / "test.parquet")[0], EVAL_SEED, params.eval_tokens),
     }
 
 
+def curve_metrics(row: dict) -> dict:
+    return {"train/ppl": round(row["train_ppl"], 4), "valid/ppl": round(row["valid_ppl"], 4)}
+
+
 def main() -> None:
-    all_params = load_params()
-    params: TrainLMParams = all_params["train_lm"]
-    threads = torch_threads(params.threads)
-    if params.device == "cuda" and not torch.cuda.is_available():
-        raise PipelineError("train_lm.device is cuda but no CUDA device is available")
-    device = torch.device("cuda" if params.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
-    if not (VOCAB_DIR / "vocab.tsv").is_file():
-        raise PipelineError(f"{VOCAB_DIR}/vocab.tsv not found (run the vocab stage first)")
-    itos = read_vocab(VOCAB_DIR / "vocab.tsv")
+    sections = load_params("train_lm", "tokenize")  # tokenize.lowercase: recorded for generate's prompts
+    params: TrainLMParams = sections["train_lm"]
+    threads, device = training.setup(params, "train_lm")
+    itos = data.read_vocab(paths.VOCAB_FILE)
     streams = load_streams(params)
     print(f"train_lm: {len(streams['train']) - 1:,} training tokens, {len(itos):,}-word vocabulary, {device}")
 
-    from dvclive import Live
-
-    resume = RESUME if params.resume else None
-    resuming = resume is not None and resume.is_file()
     TIME_LOG.parent.mkdir(parents=True, exist_ok=True)
-    with Live(LIVE_DIR, dvcyaml=None, save_dvc_exp=False, resume=resuming) as live, \
-            open(TIME_LOG, "a" if resuming and TIME_LOG.is_file() else "w", encoding="utf-8") as times:
-        if times.tell() == 0:
-            times.write("step\tminutes\tvalid_ppl\n")
+    with training.curves(OUT.live, curve_metrics) as live_log, open(TIME_LOG, "w", encoding="utf-8") as times:
+        times.write("step\tminutes\tvalid_ppl\n")
 
         def log(row):
-            live.log_metric("train/ppl", round(row["train_ppl"], 4))
-            live.log_metric("valid/ppl", round(row["valid_ppl"], 4))
-            live.next_step()
+            live_log(row)
             times.write(f"{row['step']}\t{row['minutes']:.3f}\t{row['valid_ppl']:.4f}\n")
             times.flush()
 
-        result = fit_lm(params, len(itos), streams["train"], streams["valid"], device, resume, log)
+        result = fit_lm(params, len(itos), streams["train"], streams["valid"], device,
+                        OUT.resume if params.resume else None, log)
 
     model = result["model"]
     model.load_state_dict(result["best"])
     va = nll(model, streams["valid"], params.eval_batch_size, params.bptt, device)
     te = nll(model, streams["test"], params.eval_batch_size, params.bptt, device)
-    save_torch({"config": model.config, "state_dict": {k: v.cpu() for k, v in result["best"].items()}, "itos": itos,
-                "lowercase": all_params["tokenize"].lowercase, "threads": threads}, MODEL)
-    RESUME.unlink(missing_ok=True)
-    write_json(METRICS, {
+    training.finish(OUT, model, result["best"], {"itos": itos, "lowercase": sections["tokenize"].lowercase}, {
         "valid_ppl": round(perplexity(*va), 4),
         "test_ppl": round(perplexity(*te), 4),
         "valid_tokens": va[1],
@@ -293,14 +236,8 @@ def main() -> None:
         "train_tokens": len(streams["train"]) - 1,
         "best_step": result["best_step"],
         "steps": result["global_step"],
-        "parameters": sum(p.numel() for p in model.parameters()),
         "vocab_size": len(itos),
-        "threads": threads,  # with the CPU type, what the bytes of a rerun depend on
-    })
-    rate = result["tokens"] / max(result["seconds"], 1e-9)
-    print(f"train_lm: valid ppl {perplexity(*va):.1f}, test ppl {perplexity(*te):.1f} "
-          f"({result['seconds'] / 60:.1f} min, {rate:,.0f} train tokens/s, {device})")
-
+    }, threads, result, device, f"valid ppl {perplexity(*va):.1f}, test ppl {perplexity(*te):.1f}")
 
 if __name__ == "__main__":
     run_main(main)

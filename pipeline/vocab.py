@@ -24,17 +24,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipeline import paths
 from pipeline.common import PipelineError, atomic_dir, progress, run_main, write_json
+from pipeline.data import PAD_ID, SPECIALS, UNK_ID, write_vocab
 from pipeline.params import load_params
 
-TOKENS_DIR = Path("data/tokens")
-OUT_DIR = Path("data/vocab")
-VECTORS_DIR = Path("data/vectors")  # a dependency of the stage in dvc.yaml: vectors files live here
-METRICS = Path("metrics/vocab.json")
+TOKENS_DIR = paths.TOKENS
+OUT_DIR = paths.VOCAB
+VECTORS_DIR = paths.VECTORS  # a dependency of the stage in dvc.yaml: vectors files live here
+METRICS = paths.metrics("vocab")
 
-PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
-SPECIALS = [PAD, UNK, BOS, EOS]
-PAD_ID, UNK_ID, BOS_ID, EOS_ID = range(4)
 VECTORS_SEED = 0
 VECTORS_STD = 0.1  # of the random rows for tokens without a pretrained vector
 
@@ -57,15 +56,6 @@ def _value_counts(values: pa.Array) -> pa.Table:
         return pa.table({"token": values.dictionary, "count": pa.array(counts, pa.int64())}).filter(pa.array(counts > 0))
     vc = pc.value_counts(values)
     return pa.table({"token": vc.field("values"), "count": vc.field("counts")})
-
-
-def count_tokens(token_lists: pa.ChunkedArray | pa.Array) -> dict[str, int]:
-    """Token -> count over a list<string> column, counted by Arrow rather than a Python loop."""
-    parts = [_value_counts(chunk.flatten()) for chunk in _chunks(token_lists)]
-    if not parts:
-        return {}
-    total = _sum_counts(parts)
-    return dict(zip(total["token"].to_pylist(), total["count"].to_pylist()))
 
 
 def _sum_counts(parts: list[pa.Table]) -> pa.Table:
@@ -119,15 +109,6 @@ def encode(token_lists: pa.ChunkedArray | pa.Array, itos: list[str] | pa.Array) 
     if len(out) == 1:
         return out[0]
     return pa.concat_arrays(out) if out else pa.array([], pa.list_(pa.int32()))
-
-
-def read_vocab(path: Path) -> list[str]:
-    # split("\n"), not splitlines(): a token may hold characters splitlines() breaks on (\x1c, \u2028).
-    return [line.split("\t", 1)[0] for line in path.read_text(encoding="utf-8").split("\n") if line]
-
-
-def write_vocab(path: Path, vocab: list[tuple[str, int]]) -> None:
-    path.write_text("".join(f"{t}\t{c}\n" for t, c in vocab), encoding="utf-8")
 
 
 def length_stats(n_tokens: np.ndarray) -> dict:
@@ -258,7 +239,7 @@ def encode_split(src: Path, dst: Path, itos: pa.Array, bar) -> dict:
 
 
 def main() -> None:
-    params = load_params()["vocab"]
+    params = load_params("vocab")["vocab"]
     vectors = vectors_path(params.vectors)
     start = time.perf_counter()
     splits = sorted(p.stem for p in TOKENS_DIR.glob("*.parquet"))

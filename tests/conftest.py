@@ -120,3 +120,18 @@ def lm_repo(tmp_path_factory) -> Path:
     repo = make_repo(tmp_path_factory.mktemp("lm") / "repo")
     run(["dvc", "repro", "train_lm"], repo)
     return repo
+
+
+# Tests that build a temporary git+DVC repo or run DVC are the slow part of the suite:
+# `pytest -m "not slow"` leaves them out for a quick check (the full suite runs them all).
+SLOW_FIXTURES = {"repo", "lm_repo", "built"}
+SLOW_CALLS = ("make_repo(", 'run(["dvc"', "dvc_repo(")
+
+
+def pytest_collection_modifyitems(items):
+    import inspect
+
+    for item in items:
+        source = inspect.getsource(item.function) if hasattr(item, "function") else ""
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or any(c in source for c in SLOW_CALLS):
+            item.add_marker(pytest.mark.slow)

@@ -16,8 +16,7 @@ import torch
 
 from pipeline import distributed
 from pipeline.train import fit
-from test_ddp import toy_params  # this folder is sys.path[0]
-from test_train import Interrupt, toy_data
+from toys import Interrupt, toy_data, toy_params  # this folder is sys.path[0]
 
 
 def main() -> None:

@@ -7,7 +7,6 @@ metrics equal to 6 decimals. Asserted: losses within 1e-4, accuracies within one
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import subprocess
 import sys
@@ -18,18 +17,11 @@ import torch
 
 from pipeline import data, distributed
 from pipeline.model import Classifier
-from pipeline.params import load_params
 from pipeline.train import fit
 from conftest import ROOT, env, make_repo, run, update_params
-from test_train import toy_data
+from toys import toy_data, toy_params
 
 LOSS_TOL = 1e-4
-
-
-def toy_params(**changes):
-    """params.yaml's train section for the toy data; dropout 0 so 1 and 2 processes can agree closely."""
-    base = dict(embed_dim=8, hidden=8, batch_size=16, epochs=4, patience=5, threads=1, lr=0.03, dropout=0.0)
-    return dataclasses.replace(load_params(ROOT / "params.yaml")["train"], **{**base, **changes})
 
 
 def assert_close_history(a: list[dict], b: list[dict], n_valid: int, n_train: int) -> None:

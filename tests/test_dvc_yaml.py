@@ -1,8 +1,10 @@
-"""dvc.yaml lists, for every stage, each pipeline module the stage's code imports."""
+"""dvc.yaml lists, for every stage, exactly the pipeline modules the stage's code imports; stage
+modules do not import each other; every path of pipeline/paths.py is one dvc.yaml names."""
 from __future__ import annotations
 
 import ast
 import re
+from pathlib import Path
 
 import yaml
 from conftest import ROOT
@@ -15,6 +17,7 @@ def pipeline_imports(module: str, seen: set[str] | None = None) -> set[str]:
     if module in seen or not path.is_file():
         return seen
     seen.add(module)
+    seen.add("__init__")  # every `pipeline.x` import runs the package's __init__ first
     for node in ast.walk(ast.parse(path.read_text())):
         names = []
         if isinstance(node, ast.ImportFrom) and node.module == "pipeline":
@@ -28,13 +31,49 @@ def pipeline_imports(module: str, seen: set[str] | None = None) -> set[str]:
     return seen
 
 
-def test_every_imported_module_is_a_dependency_of_its_stage():
-    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    missing = {}
-    for name, stage in stages.items():
-        module = re.search(r"-m pipeline\.(\w+)", stage["cmd"])[1]
+def stages() -> dict:
+    return yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+
+
+def stage_module(stage: dict) -> str:
+    return re.search(r"-m pipeline\.(\w+)", stage["cmd"])[1]
+
+
+def direct_imports(module: str) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse((ROOT / "pipeline" / f"{module}.py").read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module == "pipeline":
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("pipeline."):
+            found.add(node.module.split(".")[1])
+    return found
+
+
+def test_each_stage_depends_on_exactly_the_modules_it_imports():
+    wrong = {}
+    for name, stage in stages().items():
         deps = {d if isinstance(d, str) else next(iter(d)) for d in stage.get("deps", [])}
-        lacking = sorted(f"pipeline/{m}.py" for m in pipeline_imports(module) if f"pipeline/{m}.py" not in deps)
-        if lacking:
-            missing[name] = lacking
-    assert missing == {}, f"stages that import modules dvc.yaml does not list: {missing}"
+        listed = {d for d in deps if d.startswith("pipeline/")}
+        imported = {f"pipeline/{m}.py" for m in pipeline_imports(stage_module(stage))}
+        if listed != imported:
+            wrong[name] = {"missing": sorted(imported - listed), "not imported": sorted(listed - imported)}
+    assert wrong == {}, f"dvc.yaml deps differ from what the stages import: {wrong}"
+
+
+def test_no_stage_module_imports_another():
+    modules = {stage_module(s) for s in stages().values()}
+    crossing = {m: sorted(direct_imports(m) & (modules - {m})) for m in modules}
+    assert {m: c for m, c in crossing.items() if c} == {}
+
+
+def test_every_declared_path_is_named_in_dvc_yaml():
+    from pipeline import paths
+
+    text = (ROOT / "dvc.yaml").read_text()
+    declared = [v for k, v in vars(paths).items() if k.isupper() and isinstance(v, Path)]
+    for record in (v for v in vars(paths).values() if isinstance(v, (paths.Trained, paths.Evaluated))):
+        declared += [getattr(record, f) for f in ("model", "metrics", "live", "plots", "mistakes") if hasattr(record, f)]
+    untracked = {paths.DOWNLOADS, paths.RAW_LEGACY, paths.LOGS}  # not outputs: caches, old layouts, logs
+    # a file inside a folder output (data/vocab/vocab.tsv) is named by its folder
+    missing = sorted(str(p) for p in declared if p not in untracked and f" {p}" not in text and f" {p.parent}\n" not in text)
+    assert missing == []

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pipeline.generate import Writer, detokenize, generate_ids, next_distribution, sample_next, top_p_mask
-from pipeline.vocab import EOS_ID, UNK_ID
+from pipeline.data import EOS_ID, UNK_ID
 from conftest import run
 
 

@@ -12,7 +12,7 @@ import torch
 from pipeline.model import LanguageModel
 from pipeline.params import load_params
 from pipeline.train_lm import batchify, bptt_schedule, fit_lm, make_stream, nll
-from pipeline.vocab import BOS_ID, EOS_ID
+from pipeline.data import BOS_ID, EOS_ID
 from conftest import ROOT, run
 
 
@@ -79,7 +79,7 @@ class Interrupt(Exception):
 
 def test_resume_mid_epoch_matches_an_uninterrupted_run(tmp_path):
     params = dataclasses.replace(
-        load_params(ROOT / "params.yaml")["train_lm"],
+        load_params("train_lm", path=ROOT / "params.yaml")["train_lm"],
         embed_dim=8, hidden=8, layers=2, cutoffs=[20], batch_size=4, eval_batch_size=4, bptt=10, epochs=2,
         eval_every=7, threads=1, weight_drop=0.2, lr=0.01, token_budget=0, warmup=0.1,
     )
@@ -185,7 +185,7 @@ def test_fit_from_lm_starts_from_its_weights_and_unfreezes_them_on_schedule(unfr
 
     lm = tiny_lm(hidden=8)
     init = {"state_dict": lm.state_dict(), "config": lm.config, "lr_mult": 0.5, "unfreeze_epoch": unfreeze_epoch, "digest": "x"}
-    params = dataclasses.replace(load_params(ROOT / "params.yaml")["train"], embed_dim=8, hidden=8, layers=1,
+    params = dataclasses.replace(load_params("train", path=ROOT / "params.yaml")["train"], embed_dim=8, hidden=8, layers=1,
                                  batch_size=16, epochs=2, patience=5, threads=1, lr=0.03)
     torch.set_num_threads(1)
     start = build_model(params, 60, None, init)

@@ -38,7 +38,7 @@ def test_a_key_given_twice_is_an_error(tmp_path):
     text = (ROOT / "params.yaml").read_text().replace("train:\n", "train:\n  lr: 0.5\n", 1)
     (tmp_path / "params.yaml").write_text(text)
     with pytest.raises(PipelineError, match=r"params.yaml: key 'lr' appears twice \(line \d+\)$"):
-        load_params(tmp_path / "params.yaml")
+        load_params(path=tmp_path / "params.yaml")
 
 
 def test_train_with_an_infinite_lr_stops_before_work_and_keeps_the_model(tmp_path):
@@ -50,3 +50,14 @@ def test_train_with_an_infinite_lr_stops_before_work_and_keeps_the_model(tmp_pat
     p = run(["python", "-m", "pipeline.train"], repo, check=False)
     assert p.returncode == 1 and p.stderr == "error: train.lr must be a finite number, got inf\n"
     assert (repo / "models/classifier.pt").read_bytes() == b"the last good model"
+
+
+def test_a_stage_validates_only_the_sections_it_reads(tmp_path):
+    text = (ROOT / "params.yaml").read_text().replace("  lr: 0.002\n", "  lr: -1\n", 1)
+    (tmp_path / "params.yaml").write_text(text)
+    assert load_params("download", path=tmp_path / "params.yaml")["download"].source
+    assert set(load_params("download", "vocab", path=tmp_path / "params.yaml")) == {"download", "vocab"}
+    with pytest.raises(PipelineError, match=r"^train\.lr must be > 0, got -1\.0$"):
+        load_params("train", path=tmp_path / "params.yaml")
+    with pytest.raises(PipelineError, match=r"^train\.lr must be > 0"):
+        load_params(path=tmp_path / "params.yaml")  # no sections named: the whole file

@@ -14,8 +14,26 @@ def digest(path: Path) -> dict[str, str]:
     return {str(p.relative_to(path.parent)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 
-def test_repro_then_experiment_reruns_only_train_and_evaluate(repo):
+def declared_sections(stage: dict) -> set[str] | None:
+    """The params sections a dvc.yaml stage declares (None: the whole file)."""
+    out = set()
+    for entry in stage.get("params", []):
+        if isinstance(entry, dict):
+            return None
+        out.add(entry.split(".")[0])
+    return out
+
+
+def test_repro_then_experiment_reruns_only_train_and_evaluate(repo, tmp_path, monkeypatch):
+    trace = tmp_path / "params-read"
+    trace.mkdir()
+    monkeypatch.setenv("PIPELINE_PARAMS_TRACE", str(trace))  # each stage notes the sections it reads
     first = run(["dvc", "repro"], repo)
+    stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
+    read = {f.name: set(f.read_text().split()) for f in trace.iterdir()}
+    assert set(read) == {s for s in stages if f"Running stage '{s}'" in first.stdout}
+    undeclared = {s: sorted(r - declared_sections(stages[s])) for s, r in read.items() if declared_sections(stages[s]) is not None}
+    assert {s: u for s, u in undeclared.items() if u} == {}, "stages read params sections dvc.yaml does not declare"
     for stage in ["download", "tokenize", "vocab", "train", "evaluate"]:
         assert f"Running stage '{stage}'" in first.stdout
         assert (repo / f"metrics/{stage}.json").is_file()
@@ -66,10 +84,12 @@ def test_tokenize_and_vocab_reruns_are_byte_identical(tmp_path):
     assert list(json.loads(run(["dvc", "status", "vocab", "--json"], repo).stdout)) == ["vocab"]
 
 
-def test_bad_param_stops_stage_before_work_with_one_line(repo):
+def test_a_bad_param_stops_its_own_stage_before_work_and_only_that_stage(repo):
     params = repo / "params.yaml"
     params.write_text(params.read_text().replace("lr: 0.002", "lr: -1"))
-    p = run(["python", "-m", "pipeline.download"], repo, check=False)
-    assert p.returncode != 0
-    assert p.stderr.strip() == "error: train.lr must be > 0, got -1.0"
-    assert not (repo / "data/raw").exists()
+    p = run(["python", "-m", "pipeline.train"], repo, check=False)
+    assert p.returncode == 1
+    assert p.stderr == "error: train.lr must be > 0, got -1.0\n"
+    assert not (repo / "models").exists()
+    run(["python", "-m", "pipeline.download"], repo)  # download does not read train's section
+    assert (repo / "data/raw/reviews.parquet").is_file()

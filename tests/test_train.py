@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from pipeline.model import Classifier, reverse_padded
 from pipeline.params import load_params
 from pipeline.train import fit
 from conftest import ROOT, SAMPLE
+from toys import Interrupt, toy_data
 
 
 def test_reverse_padded_reverses_within_length_and_is_its_own_inverse():
@@ -50,7 +52,7 @@ def test_truncate_keeps_head_and_tail():
 
 def sample_lengths() -> np.ndarray:
     """Word counts of the bundled sample's train reviews, cut at train.max_len."""
-    max_len = load_params(ROOT / "params.yaml")["train"].max_len
+    max_len = load_params("train", path=ROOT / "params.yaml")["train"].max_len
     with tarfile.open(SAMPLE) as tar:
         lengths = [len(tar.extractfile(m).read().split()) for m in tar if m.isfile() and "/train/" in m.name and "unsup" not in m.name]
     return np.minimum(np.array(lengths), max_len)
@@ -76,26 +78,9 @@ def test_bucket_batches_cover_every_index_once_and_depend_on_the_seed():
     assert not all(np.array_equal(x, y) for x, y in zip(a, c))
 
 
-def toy_data(n: int, seed: int):
-    """Reviews of random tokens; positive ones contain token 5. Learnable in a few epochs."""
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 2, n)
-    seqs = []
-    for y in labels:
-        s = rng.integers(6, 40, rng.integers(3, 30))
-        if y:
-            s[rng.integers(len(s))] = 5
-        seqs.append(s)
-    return seqs, labels
-
-
-class Interrupt(Exception):
-    pass
-
-
 def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path):
     params = dataclasses.replace(
-        load_params(ROOT / "params.yaml")["train"],
+        load_params("train", path=ROOT / "params.yaml")["train"],
         embed_dim=8, hidden=8, batch_size=16, epochs=4, patience=5, threads=1, lr=0.03,
     )
     torch.set_num_threads(1)
@@ -120,3 +105,37 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path):
     for k, v in full["best"].items():
         assert torch.equal(v, resumed["best"][k]), k
     assert full["history"][-1]["valid_acc"] > 0.7  # it learned the toy signal
+
+
+def test_curves_of_a_resumed_run_equal_an_uninterrupted_runs_and_a_failed_run_keeps_the_old(tmp_path, monkeypatch):
+    from pipeline import training
+    from pipeline.train import curve_metrics
+
+    monkeypatch.chdir(tmp_path)  # the curves are staged under ./logs while a run goes on
+    params = dataclasses.replace(load_params("train", path=ROOT / "params.yaml")["train"],
+                                 embed_dim=8, hidden=8, batch_size=16, epochs=3, patience=5, threads=1, lr=0.03)
+    torch.set_num_threads(1)
+    train, valid = toy_data(300, 0), toy_data(60, 1)
+    with training.curves(Path("a"), curve_metrics) as log:
+        fit(params, 40, train, valid, torch.device("cpu"), tmp_path / "a.pt", log=log)
+
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b/last-run.tsv").write_text("the last good run's curves\n")
+
+    def stop_in_epoch_2(row):
+        log(row)
+        if row["epoch"] == 2:
+            raise Interrupt  # after epoch 2 is logged, before it is saved: the resumed run redoes it
+
+    with pytest.raises(Interrupt), training.curves(Path("b"), curve_metrics) as log:
+        fit(params, 40, train, valid, torch.device("cpu"), tmp_path / "b.pt", log=stop_in_epoch_2)
+    assert [p.name for p in (tmp_path / "b").iterdir()] == ["last-run.tsv"]  # untouched by the failed run
+    with training.curves(Path("b"), curve_metrics) as log:
+        assert fit(params, 40, train, valid, torch.device("cpu"), tmp_path / "b.pt", log=log)["resumed_at"] == 1
+
+    def files(d):
+        return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+    a, b = files(tmp_path / "a"), files(tmp_path / "b")
+    assert a == b and len(a["plots/metrics/valid/acc.tsv"].splitlines()) == 1 + 3  # header + each epoch once
+    assert not (tmp_path / "logs/b").exists()  # the staging folder is gone

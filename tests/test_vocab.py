@@ -11,6 +11,7 @@ import pytest
 import yaml
 from conftest import ROOT
 
+from pipeline import data
 from pipeline import tokenize as TK
 from pipeline import vocab as V
 from pipeline.common import PipelineError
@@ -51,9 +52,9 @@ def test_count_files_adds_row_groups_and_files(tmp_path):
 
 def test_vocab_tsv_round_trip(tmp_path):
     vocab = [(s, 0) for s in SPECIALS] + [("it's", 7), ("café", 2)]
-    V.write_vocab(tmp_path / "vocab.tsv", vocab)
+    data.write_vocab(tmp_path / "vocab.tsv", vocab)
     assert (tmp_path / "vocab.tsv").read_text(encoding="utf-8").splitlines()[4] == "it's\t7"
-    assert V.read_vocab(tmp_path / "vocab.tsv") == [t for t, _ in vocab]
+    assert data.read_vocab(tmp_path / "vocab.tsv") == [t for t, _ in vocab]
 
 
 ITOS = SPECIALS + ["the", "movie", "Good", "unseen"]
@@ -135,7 +136,7 @@ def test_stage_writes_encoded_splits_vectors_and_metrics(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     V.main()
 
-    assert V.read_vocab(tmp_path / "data/vocab/vocab.tsv") == SPECIALS + ["a", "good", "movie", "plot"]
+    assert data.read_vocab(tmp_path / "data/vocab/vocab.tsv") == SPECIALS + ["a", "good", "movie", "plot"]
     test = pq.read_table(tmp_path / "data/vocab/test.parquet")
     assert test.schema.equals(V.ENCODED_SCHEMA)
     assert test["ids"].to_pylist() == [[4, 1, 6]]

@@ -1,0 +1,197 @@
+"""What the two trainers (classifier: pipeline.train, language model: pipeline.train_lm) share:
+device and threads, mixed precision, the optimizer step, the lr schedule, resume files, curves.
+
+Each trainer keeps only its own loop shape (epochs of batches; BPTT windows of one stream).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import shutil
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+from pipeline import paths
+from pipeline.common import PipelineError, atomic_dir, save_torch, torch_threads, write_json
+
+# Params that do not change the math: a resume file made with other values of these still fits.
+RUN_SETTINGS = ("resume", "threads", "device", "nproc")
+
+
+def setup(params, section: str, share: int = 1) -> tuple[int, torch.device]:
+    """Fix the thread count (recorded with the outputs) and pick the device of `section`'s params."""
+    threads = torch_threads(params.threads, share)
+    if params.device == "cuda" and not torch.cuda.is_available():
+        raise PipelineError(f"{section}.device is cuda but no CUDA device is available")
+    use_cuda = params.device in ("auto", "cuda") and torch.cuda.is_available()
+    return threads, torch.device("cuda" if use_cuda else "cpu")
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA where supported, else fp16 (with a grad scaler); off on CPU."""
+    if device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast("cpu", enabled=False)
+
+
+def grad_scaler(device: torch.device) -> torch.amp.GradScaler | None:
+    """fp16 needs its loss scaled so small gradients survive; bf16 and fp32 do not."""
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.amp.GradScaler("cuda")
+    return None
+
+
+def step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, parameters, clip: float,
+         scaler: torch.amp.GradScaler | None) -> None:
+    """Backward, optional gradient-norm clipping, optimizer step."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+    else:
+        loss.backward()
+    if clip > 0:
+        nn.utils.clip_grad_norm_(parameters, clip)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+
+
+def lr_lambda(schedule: str, warmup: float, total: int) -> Callable[[int], float]:
+    """Multiplier of the base lr at each step: linear warm-up, then constant/cosine/linear decay."""
+    warm = int(warmup * total)
+
+    def f(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        progress = min(1.0, (step - warm) / max(1, total - warm))
+        if schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * progress))
+        if schedule == "linear":
+            return 1.0 - progress
+        return 1.0
+
+    return f
+
+
+def signature(params, **extra) -> dict:
+    """What a resume file must match (same params and data shape), or it is ignored."""
+    sig = {k: v for k, v in dataclasses.asdict(params).items() if k not in RUN_SETTINGS}
+    return {**sig, **extra}
+
+
+class Resume:
+    """A training run's state after its last finished unit of work, to carry on from after a kill.
+
+    Saved atomically; loaded only when its signature matches this run's params and data.
+    """
+
+    def __init__(self, path: Path | None, sig: dict, stage: str):
+        self.path, self.sig, self.stage = path, sig, stage
+
+    def load(self, device: torch.device) -> dict | None:
+        if self.path is None or not self.path.is_file():
+            return None
+        saved = torch.load(self.path, map_location=device, weights_only=True)
+        if saved.get("signature") != self.sig:
+            print(f"{self.stage}: ignoring {self.path}, it was made with other params")
+            return None
+        return saved
+
+    def restore(self, device: torch.device, log: Callable[[dict], None] | None, **parts) -> dict | None:
+        """Load a matching resume file into `parts` (name -> module/optimizer/scheduler) and log its
+        history again (the curves restart with it: no step logged twice); its state, or None."""
+        saved = self.load(device)
+        if saved is None:
+            return None
+        for name, part in parts.items():
+            part.load_state_dict(saved[name])
+        for row in saved["state"]["history"] if log else []:
+            log(row)
+        return saved["state"]
+
+    def save(self, **parts) -> None:
+        if self.path is not None:
+            save_torch({"signature": self.sig, **parts}, self.path)
+
+    def remove(self) -> None:
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+
+
+def finish(out: paths.Trained, model: nn.Module, best: dict, checkpoint: dict, metrics: dict, threads: int,
+           result: dict, device: torch.device, summary: str) -> None:
+    """Write the best weights with `checkpoint`'s extras and the metrics, both with the thread count
+    (with the CPU type, what the bytes of a rerun depend on); drop the resume file; one line."""
+    save_torch({"config": model.config, "state_dict": {k: v.cpu() for k, v in best.items()}, **checkpoint,
+                "threads": threads}, out.model)
+    out.resume.unlink(missing_ok=True)
+    write_json(out.metrics, {**metrics, "parameters": sum(p.numel() for p in model.parameters()), "threads": threads})
+    rate = result["tokens"] / max(result["seconds"], 1e-9)
+    print(f"{out.stage}: {summary} ({result['seconds'] / 60:.1f} min, {rate:,.0f} train tokens/s, {device})")
+
+
+def rng_state(device: torch.device) -> dict:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"].cpu())
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
+
+
+class Curves:
+    """dvclive curves of one run, tracked at `out` (e.g. dvclive/train).
+
+    While the run goes on they are written under logs/ (untracked, to watch); they replace `out`
+    only when the run ends well, so a killed or failed run leaves the last run's curves beside
+    the last run's model. A resumed run logs its saved history again first: the curves of an
+    interrupted-and-resumed run are those of an uninterrupted one, each step once.
+    """
+
+    def __init__(self, out: Path, metrics: Callable[[dict], dict]):
+        self.out, self.metrics = Path(out), metrics
+        self.staging = paths.LOGS / self.out
+        self.live = None
+
+    def __enter__(self) -> "Curves":
+        from dvclive import Live
+
+        shutil.rmtree(self.staging, ignore_errors=True)
+        self.live = Live(str(self.staging), dvcyaml=None, save_dvc_exp=False, resume=False)
+        self.live.__enter__()
+        return self
+
+    def log(self, row: dict) -> None:
+        for name, value in self.metrics(row).items():
+            self.live.log_metric(name, value)
+        self.live.next_step()
+
+    def __exit__(self, kind, value, tb) -> None:
+        self.live.__exit__(kind, value, tb)
+        if kind is None:
+            with atomic_dir(self.out) as tmp:
+                shutil.copytree(self.staging, tmp, dirs_exist_ok=True)
+            shutil.rmtree(self.staging, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def curves(out: Path, metrics: Callable[[dict], dict], enabled: bool = True) -> Iterator[Callable[[dict], None] | None]:
+    """Curves(out, metrics) as a context giving its log function; nothing (None) where disabled
+    (ranks other than 0 under torchrun: all ranks hold the same all-reduced numbers)."""
+    if not enabled:
+        yield None
+        return
+    with Curves(out, metrics) as c:
+        yield c.log
