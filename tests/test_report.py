@@ -11,10 +11,12 @@ from types import SimpleNamespace
 import pytest
 
 from conftest import make_repo, run, update_params
-from pipeline import report
+from pipeline import charts, history, markup, report
 from pipeline.common import PipelineError
 
-PLOTS = {"train_loss.svg", "train_acc.svg", "confusion.svg", "roc.svg", "precision_recall.svg", "length_accuracy.svg"}
+PLOTS = {"train_loss.svg", "train_acc.svg", "lm_ppl.svg", "confusion.svg", "confusion_1.svg", "roc.svg",
+         "precision_recall.svg", "length_accuracy.svg"}
+MODELS = ["LSTM from scratch", "LSTM from the LM", "TF-IDF + LR", "Language model"]
 PARAMS = SimpleNamespace(n_mistakes=2, n_samples=2, max_chars=40)
 
 
@@ -34,7 +36,9 @@ def linked_plots(md: str) -> list[str]:
 def test_report_names_every_metric_and_links_every_plot(built):
     md = (built / "reports/report.md").read_text()
     page = (built / "reports/report.html").read_text()
-    for name in ["evaluate", "baseline"]:
+    assert "| Metric | " + " | ".join(MODELS) + " |" in md  # every model, one table
+    assert "<tr><th>Metric</th>" + "".join(f"<th>{m}</th>" for m in MODELS) + "</tr>" in page
+    for name in ["evaluate", "evaluate_from_lm", "baseline"]:
         metrics = json.loads((built / f"metrics/{name}.json").read_text())
         for key in metrics:
             assert f"| {key} |" in md, key
@@ -48,9 +52,9 @@ def test_report_names_every_metric_and_links_every_plot(built):
     for svg in svgs:
         ET.fromstring(svg.read_text())  # well-formed
         assert svg.read_text().strip() in page, svg.name
-    assert "Language model" in md and "no previous commit to compare" in md  # nothing at HEAD
+    assert "Not in this run" not in md and "no previous commit to compare" in md  # nothing at HEAD
     assert "Most confident mistakes" in md and "Generated samples" in md  # stages train_lm and generate ran
-    assert "<script" not in page and "http://" not in page.replace("http://www.w3.org/2000/svg", "")
+    assert "<script" not in page and not re.search(r'(src|href)="(https?:)?//', page)  # self-contained
 
 
 def test_report_is_deterministic_and_up_to_date(built):
@@ -80,7 +84,7 @@ def test_report_diffs_metrics_and_params_against_head(built, tmp_path):
 def test_diff_rows_changed_new_and_removed_keys():
     old = {"accuracy": 0.5, "loss": 0.7, "gone": 1, "same": 3, "nested": {"a": 1}}
     new = {"accuracy": 0.55, "loss": 0.65, "added": 2, "same": 3, "nested": {"a": 2}, "name": "x"}
-    assert report.diff_rows("m.json", old, new) == [
+    assert markup.diff_rows("m.json", old, new) == [
         ["m.json", "accuracy", "0.5", "0.55", "+0.05"],
         ["m.json", "added", "—", "2", "—"],
         ["m.json", "gone", "1", "—", "—"],
@@ -88,35 +92,40 @@ def test_diff_rows_changed_new_and_removed_keys():
         ["m.json", "name", "—", "x", "—"],
         ["m.json", "nested.a", "1", "2", "+1"],
     ]
-    assert report.diff_rows("m.json", old, old) == []
-    assert ["m.json", "same", "3", "3", "0"] in report.diff_rows("m.json", old, new, all_rows=True)
-    assert [r[1] for r in report.diff_rows("m.json", None, {"x": 1})] == ["x"]
+    assert markup.diff_rows("m.json", old, old) == []
+    assert ["m.json", "same", "3", "3", "0"] in markup.diff_rows("m.json", old, new, all_rows=True)
+    assert [r[1] for r in markup.diff_rows("m.json", None, {"x": 1})] == ["x"]
 
 
-def test_polyline_points_for_a_tiny_series():
-    pts = report.polyline_points([(0, 0), (1, 1), (2, 0.5)], (0, 2), (0, 1), (10, 10, 110, 60))
-    assert pts == "10.0,60.0 60.0,10.0 110.0,35.0"
-    svg = report.line_chart("t", {"train": [(1, 0.7), (2, 0.6)], "valid": [(1, 0.69), (2, 0.65)]}, "epoch", "loss")
+def test_charts_are_well_formed_reproducible_svg():
+    series = {"train": [(1, 0.7), (2, 0.6)], "valid": [(1, 0.69), (2, 0.65)]}
+    svg = charts.line_chart("t", series, "epoch", "loss", integer_x=True)
+    assert svg == charts.line_chart("t", series, "epoch", "loss", integer_x=True)  # same data, same bytes
     root = ET.fromstring(svg)
-    lines = root.findall("{http://www.w3.org/2000/svg}polyline")
-    assert len(lines) == 2 and all(len(p.get("points").split()) == 2 for p in lines)
-    one = report.line_chart("one epoch", {"train": [(1, 0.5)]}, "epoch", "acc")
-    assert "<circle" in one  # a single point still shows
+    texts = {t.text for t in root.iter("{http://www.w3.org/2000/svg}text")}
+    assert {"t", "epoch", "loss", "train", "valid"} <= texts  # title, labels, legend kept as text
+    assert "Date" not in svg and "<metadata" not in svg and not svg.startswith("<?xml")
+    one = charts.line_chart("one epoch", {"train": [(1, 0.5)]}, "epoch", "acc")
+    assert "train" not in {t.text for t in ET.fromstring(one).iter("{http://www.w3.org/2000/svg}text")}  # no legend for one
+    conf = ET.fromstring(charts.confusion_chart("c", [[10, 2], [3, 12]]))
+    cells = [t.text for t in conf.iter("{http://www.w3.org/2000/svg}text")]
+    assert ["10", "83.3%", "2", "16.7%", "3", "20.0%", "12", "80.0%"] == [c for c in cells if c[0].isdigit()]
+    bars = charts.bar_chart("b", {"A": [("0-99", 0.8, 10), ("100+", 0.7, 5)], "B": [("0-99", 0.85, 10)]}, "accuracy")
+    assert {"0.800 (10)", "0.700 (5)", "0.850 (10)"} <= {t.text for t in ET.fromstring(bars).iter("{http://www.w3.org/2000/svg}text")}
 
 
 def test_side_by_side_puts_shared_names_first_and_dashes_the_missing():
-    header, rows = report.side_by_side({"A": {"accuracy": 0.9, "C": 10.0}, "B": {"accuracy": 0.8, "perplexity": 42.5}})
+    header, rows = markup.side_by_side({"A": {"accuracy": 0.9, "C": 10.0}, "B": {"accuracy": 0.8, "perplexity": 42.5}})
     assert header == ["Metric", "A", "B"]
     assert rows == [["accuracy", "0.9", "0.8"], ["perplexity", "—", "42.5"], ["C", "10", "—"]]
 
 
 def test_small_helpers(tmp_path, monkeypatch):
-    assert report.truncate("one two three four", 12) == "one two …"
-    assert report.truncate("short", 12) == "short"
+    assert markup.truncate("one two three four", 12) == "one two …"
+    assert markup.truncate("short", 12) == "short"
     assert report.confusion_counts([{"actual": 0, "predicted": 1}, {"actual": 1, "predicted": 1}]) == [[0, 1], [0, 1]]
-    assert report.fmt(1e-5) == "1e-05" and report.fmt(2000) == "2000" and report.fmt(None) == "—"
-    assert report.nice_ticks(0, 1) == [0, 0.25, 0.5, 0.75, 1.0]
-    assert report.md_cell("a|b <br> roc_auc *x*") == "a\\|b \\<br\\> roc_auc \\*x\\*"
+    assert markup.fmt(1e-5) == "1e-05" and markup.fmt(2000) == "2000" and markup.fmt(None) == "—"
+    assert markup.md_cell("a|b <br> roc_auc *x*") == "a\\|b \\<br\\> roc_auc \\*x\\*"
     monkeypatch.chdir(tmp_path)
     with pytest.raises(PipelineError, match="metrics/evaluate.json not found"):
         report.read_json(Path("metrics/evaluate.json"), required=True)
@@ -124,33 +133,34 @@ def test_small_helpers(tmp_path, monkeypatch):
 
 def test_previous_metrics_without_git_history(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert report.head_commit() is None and report.previous_json(Path("metrics/evaluate.json")) is None  # not a repo
+    assert history.head_commit() is None and history.previous_json(Path("metrics/evaluate.json")) is None  # not a repo
     run(["git", "init", "-q"], tmp_path)
-    assert report.head_commit() is None  # no commits
+    assert history.head_commit() is None  # no commits
     (tmp_path / "metrics").mkdir()
     (tmp_path / "metrics/evaluate.json").write_text('{"accuracy": 0.5}')
     (tmp_path / "x").write_text("x")
     run(["git", "add", "x"], tmp_path)
     run(["git", "commit", "-q", "-m", "x"], tmp_path)
-    assert report.head_commit() and report.previous_json(Path("metrics/evaluate.json")) is None  # absent at HEAD
+    assert history.head_commit() and history.previous_json(Path("metrics/evaluate.json")) is None  # absent at HEAD
     run(["git", "add", "metrics"], tmp_path)
     run(["git", "commit", "-q", "-m", "m"], tmp_path)
-    assert report.previous_json(Path("metrics/evaluate.json")) == {"accuracy": 0.5}
+    assert history.previous_json(Path("metrics/evaluate.json")) == {"accuracy": 0.5}
 
 
 def minimal_inputs(**extra) -> dict:
-    models = {"LSTM classifier": {"accuracy": 0.7}, "Baseline (TF-IDF + LR)": {"accuracy": 0.85}, "Language model": None}
+    models = {"LSTM from scratch": {"accuracy": 0.7}, "LSTM from the LM": None, "TF-IDF + LR": {"accuracy": 0.85},
+              "Language model": None}
     return {"models": models, "commit": None, "mistakes": [{"id": "t/1", "label": 0, "p_positive": 0.99,
                                                             "text": "<script>alert(1)</script> | a very long review " * 5}], **extra}
 
 
 def test_build_report_escapes_text_and_shows_samples_only_when_present():
     blocks, svgs = report.build_report(minimal_inputs(), PARAMS)
-    md, page = report.to_markdown(blocks, "plots"), report.to_html(blocks, svgs, "r")
+    md, page = markup.to_markdown(blocks, "plots"), markup.to_html(blocks, svgs, "r")
     assert svgs == {} and "Generated samples" not in md
     assert "<script>" not in page and "&lt;script&gt;" in page
     assert "\\<script\\>" in md and "\\|" in md
-    assert "Not in this run: Language model." in md
+    assert "Not in this run: LSTM from the LM, Language model." in md
     blocks, _ = report.build_report(minimal_inputs(samples=[{"prompt": "the film", "text": "was great"}, "bare", "third"]), PARAMS)
-    md = report.to_markdown(blocks, "plots")
+    md = markup.to_markdown(blocks, "plots")
     assert "## Generated samples" in md and "| the film | was great |" in md and "third" not in md
