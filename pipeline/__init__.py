@@ -6,6 +6,6 @@ import os
 # split reductions by the threads it decides to use; its "conditional numerical reproducibility"
 # mode fixes both and keeps the fastest code path of this CPU (AUTO). MKL reads these once, at its
 # first call, so they are set here, before any stage imports torch. scripts/float_sources.py shows
-# what each setting changes; the README's "Reproducibility" section says what is guaranteed.
+# what each setting changes; docs/reproducibility.md says what is guaranteed.
 os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 os.environ.setdefault("MKL_DYNAMIC", "FALSE")

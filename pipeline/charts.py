@@ -86,6 +86,6 @@ def bar_chart(title: str, groups: dict[str, list[tuple[str, float, int]]], xlabe
         ax.invert_yaxis()
         ax.set_xlim(0, 1.15)
         ax.set(title=title, xlabel=xlabel)
-        if len(groups) > 1:
-            ax.legend(frameon=False, loc="lower right")
+        if len(groups) > 1:  # below the axes, where no bar can hide it
+            fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncol=len(groups), frameon=False)
         return _svg(fig)

@@ -139,7 +139,7 @@ def curves_section(curves: dict, lm_curve: list) -> tuple[list[tuple], dict[str,
     """Loss and accuracy per epoch of each classifier (train and valid), the LM's valid perplexity;
     charts and the numbers behind them."""
     curves = {name: c for name, c in curves.items() if any(c.values())}
-    if not curves and not lm_curve:
+    if not curves and len(lm_curve) < 2:
         return [], {}
     blocks: list[tuple] = [("h", 2, "Training curves")]
     svgs = {}
@@ -156,7 +156,7 @@ def curves_section(curves: dict, lm_curve: list) -> tuple[list[tuple], dict[str,
         blocks.append(("p", f"{name}:"))
         blocks.append(("table", ["epoch"] + [f"{s} {m}" for s, m in keys],
                        [[fmt(e)] + [fmt(lookup[k].get(e)) for k in keys] for e in epochs]))
-    if lm_curve:
+    if len(lm_curve) > 1:  # one check (one epoch, no eval_every) is in the table above
         svgs["lm_ppl.svg"] = charts.line_chart("Language model, valid perplexity", {"valid": lm_curve}, "check", "perplexity",
                                                integer_x=True)
         blocks.append(("img", "Language model valid perplexity", "lm_ppl.svg"))
@@ -212,7 +212,7 @@ def mistakes_section(mistakes: list[dict], params) -> list[tuple]:
     shown = mistakes[: params.n_mistakes]
     label = {0: "negative", 1: "positive"}
     return [("h", 2, "Most confident mistakes"),
-            ("p", f"The {len(shown)} test reviews the classifier got wrong with the most confidence "
+            ("p", f"The {len(shown)} test reviews the LSTM from scratch got wrong with the most confidence "
                   f"(of {len(mistakes)} in `{paths.EVALUATE.mistakes.as_posix()}`), cut to {params.max_chars} characters."),
             ("table", ["id", "label", "P(positive)", "review"],
              [[m.get("id", ""), label.get(m.get("label"), str(m.get("label"))), fmt(m.get("p_positive")),

@@ -14,7 +14,7 @@ from conftest import make_repo, run, update_params
 from pipeline import charts, history, markup, report
 from pipeline.common import PipelineError
 
-PLOTS = {"train_loss.svg", "train_acc.svg", "lm_ppl.svg", "confusion.svg", "confusion_1.svg", "roc.svg",
+PLOTS = {"train_loss.svg", "train_acc.svg", "confusion.svg", "confusion_1.svg", "roc.svg",
          "precision_recall.svg", "length_accuracy.svg"}
 MODELS = ["LSTM from scratch", "LSTM from the LM", "TF-IDF + LR", "Language model"]
 PARAMS = SimpleNamespace(n_mistakes=2, n_samples=2, max_chars=40)
@@ -164,3 +164,10 @@ def test_build_report_escapes_text_and_shows_samples_only_when_present():
     blocks, _ = report.build_report(minimal_inputs(samples=[{"prompt": "the film", "text": "was great"}, "bare", "third"]), PARAMS)
     md = markup.to_markdown(blocks, "plots")
     assert "## Generated samples" in md and "| the film | was great |" in md and "third" not in md
+
+
+def test_the_lm_perplexity_curve_is_drawn_from_two_checks_on():
+    _, svgs = report.build_report(minimal_inputs(lm_curve=[(1.0, 600.0)]), PARAMS)
+    assert "lm_ppl.svg" not in svgs
+    blocks, svgs = report.build_report(minimal_inputs(lm_curve=[(1.0, 600.0), (2.0, 420.0)]), PARAMS)
+    assert "lm_ppl.svg" in svgs and ("img", "Language model valid perplexity", "lm_ppl.svg") in blocks
