@@ -122,16 +122,26 @@ def lm_repo(tmp_path_factory) -> Path:
     return repo
 
 
-# Tests that build a temporary git+DVC repo or run DVC are the slow part of the suite:
-# `pytest -m "not slow"` leaves them out for a quick check (the full suite runs them all).
-SLOW_FIXTURES = {"repo", "lm_repo", "built"}
-SLOW_CALLS = ("make_repo(", 'run(["dvc"', "dvc_repo(")
+# Tests that build a temporary git+DVC repo, run DVC or start a stage or CLI as a process (in
+# their own code or a fixture's) are the slow part of the suite: `pytest -m "not slow"` leaves them
+# out for a quick check while editing; the full suite runs them all.
+SLOW_CALLS = ("make_repo(", 'run(["dvc"', '"-m", "pipeline.', 'run(["imdb-', "torch.distributed.run", "trained_model(")
+
+
+def _source(func) -> str:
+    import inspect
+
+    try:
+        return inspect.getsource(func)
+    except (OSError, TypeError):
+        return ""
 
 
 def pytest_collection_modifyitems(items):
-    import inspect
-
     for item in items:
-        source = inspect.getsource(item.function) if hasattr(item, "function") else ""
-        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or any(c in source for c in SLOW_CALLS):
+        if not hasattr(item, "function"):
+            continue
+        defs = getattr(item, "_fixtureinfo", None)
+        fixtures = [d[-1].func for d in defs.name2fixturedefs.values()] if defs else []
+        if any(c in _source(f) for f in [item.function, *fixtures] for c in SLOW_CALLS):
             item.add_marker(pytest.mark.slow)

@@ -14,6 +14,7 @@ from conftest import ROOT, SAMPLE
 from pipeline import raw as R
 from pipeline import text as T
 from pipeline import tokenize as TK
+from pipeline.common import PipelineError
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +179,7 @@ def test_missing_raw_table_is_a_one_line_error(tmp_path, monkeypatch):
     root = stage_dir(tmp_path, workers=1)
     (root / "data/raw/reviews.parquet").unlink()
     monkeypatch.chdir(root)
-    with pytest.raises(TK.PipelineError, match=r"data/raw/reviews.parquet not found \(run the download stage first\)"):
+    with pytest.raises(PipelineError, match=r"data/raw/reviews.parquet not found \(run the download stage first\)"):
         TK.main()
     assert not (root / "data/tokens").exists()
 
@@ -187,7 +188,7 @@ def test_a_table_of_other_columns_is_a_one_line_error(tmp_path, monkeypatch):
     root = stage_dir(tmp_path, workers=1)
     pq.write_table(pa.table({"review": ["x"]}), root / "data/raw/reviews.parquet")
     monkeypatch.chdir(root)
-    with pytest.raises(TK.PipelineError, match="does not hold the raw-review columns"):
+    with pytest.raises(PipelineError, match="does not hold the raw-review columns"):
         TK.main()
 
 
