@@ -65,14 +65,29 @@ _STALE_PID = re.compile(r"^\..+?\.(\d+)\.[^.]+\.(?:tmp|old)$")
 _STALE_ANY = re.compile(r"^\..+\.[^.]+\.(?:tmp|old)$")  # also those of versions before the pid
 
 
-def _alive(pid: int) -> bool:
+def _alive(pid: int, since: float) -> bool:
+    """Whether process `pid` still runs and is the one that made a temporary at time `since`.
+
+    A killed process whose parent died too stays a zombie until init reaps it, and its pid can
+    be reused later: on Linux both count as dead (state Z/X, or started after the temporary).
+    """
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
+        pass
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
+        if fields[0] in ("Z", "X"):
+            return False
+        btime = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                     if line.startswith("btime "))
+        started = btime + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+        return started <= since + 1  # btime has a one-second resolution
+    except (OSError, ValueError, IndexError, StopIteration):  # not Linux, or gone meanwhile
         return True
-    return True
 
 
 def sweep_stale(roots=OUTPUT_ROOTS) -> list[Path]:
@@ -83,7 +98,12 @@ def sweep_stale(roots=OUTPUT_ROOTS) -> list[Path]:
             continue
         for p in list(root.rglob(".*")):
             m = _STALE_PID.match(p.name)
-            if (m and _alive(int(m[1]))) or not (m or _STALE_ANY.match(p.name)):
+            if not (m or _STALE_ANY.match(p.name)):
+                continue
+            try:
+                if m and _alive(int(m[1]), p.lstat().st_mtime):
+                    continue
+            except FileNotFoundError:  # its run finished meanwhile
                 continue
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
             removed.append(p)

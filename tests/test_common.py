@@ -67,6 +67,34 @@ def test_stale_temporaries_of_dead_runs_are_swept_live_ones_kept(tmp_path, monke
     assert live.exists() and keep.exists()
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_zombie_or_a_reused_pid_does_not_keep_a_temporary(tmp_path, monkeypatch):
+    import os
+    import subprocess
+    import time
+
+    from pipeline.common import sweep_stale
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    zombie = subprocess.Popen(["true"])  # ends, and stays a zombie until waited for
+    time.sleep(0.3)
+    newer = subprocess.Popen(["sleep", "30"])  # alive, but started after the temporary below
+    try:
+        of_zombie = tmp_path / f"data/.tokens.{zombie.pid}.ab12.tmp"
+        of_reused = tmp_path / f"data/.raw.{newer.pid}.cd34.tmp"
+        mine = tmp_path / f"data/.vocab.{os.getpid()}.ef56.tmp"
+        for p in (of_zombie, of_reused, mine):
+            p.mkdir()
+        os.utime(of_reused, (time.time() - 3600, time.time() - 3600))  # made an hour before `newer` started
+        assert sorted(sweep_stale()) == sorted(p.relative_to(tmp_path) for p in (of_zombie, of_reused))
+        assert mine.exists()
+    finally:
+        newer.kill()
+        newer.wait()
+        zombie.wait()
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="renameat2 is Linux's")
 def test_atomic_dir_swap_never_leaves_the_folder_missing(tmp_path):
     import threading
