@@ -77,3 +77,15 @@ def test_every_declared_path_is_named_in_dvc_yaml():
     # a file inside a folder output (data/vocab/vocab.tsv) is named by its folder
     missing = sorted(str(p) for p in declared if p not in untracked and f" {p}" not in text and f" {p.parent}\n" not in text)
     assert missing == []
+
+
+def test_dvc_lock_records_the_code_as_committed():
+    """A code change without a `dvc repro` would make a fresh clone's run disagree with dvc.lock
+    (and rerun stages nobody asked for): every pipeline module dvc.lock lists has the md5 it records."""
+    import hashlib
+
+    lock = yaml.safe_load((ROOT / "dvc.lock").read_text())["stages"]
+    stale = sorted({d["path"] for s in lock.values() for d in s.get("deps", [])
+                    if d["path"].startswith("pipeline/")
+                    and hashlib.md5((ROOT / d["path"]).read_bytes()).hexdigest() != d.get("md5")})
+    assert stale == [], f"run `dvc repro` and commit dvc.lock: it records other versions of {stale}"
