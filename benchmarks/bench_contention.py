@@ -22,8 +22,9 @@ import time
 from pathlib import Path
 
 # name -> (environment, torch threads per process; 0 = all cores, as train.threads: 0 gives)
+# pipeline/__init__.py sets OMP_WAIT_POLICY=PASSIVE unless the environment says otherwise.
 SETTINGS = {
-    "default": ({}, 0),
+    "active": ({"OMP_WAIT_POLICY": "ACTIVE"}, 0),  # libgomp's spinning, the default before the project set PASSIVE
     "passive": ({"OMP_WAIT_POLICY": "PASSIVE"}, 0),
     "one_thread": ({}, 1),
 }
