@@ -28,22 +28,20 @@ def head_commit() -> str | None:
     return p.stdout.strip() if p.returncode == 0 else None
 
 
-def previous_json(path: Path):
-    """The file as committed at HEAD (path relative to the working directory), or None."""
+def _previous(path: Path, parse, error):
+    """The file as committed at HEAD (path relative to the working directory), parsed, or None."""
     text = git_show(f"HEAD:./{path.as_posix()}")
     if text is None:
         return None
     try:
-        return json.loads(text)
-    except json.JSONDecodeError:
+        return parse(text)
+    except error:
         return None
+
+
+def previous_json(path: Path):
+    return _previous(path, json.loads, json.JSONDecodeError)
 
 
 def previous_yaml(path: Path):
-    text = git_show(f"HEAD:./{path.as_posix()}")
-    if text is None:
-        return None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return None
+    return _previous(path, yaml.safe_load, yaml.YAMLError)
