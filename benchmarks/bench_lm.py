@@ -6,8 +6,10 @@ nn.LSTM + full softmax loop on the same batches.
 
 Both loops do forward + backward + AdamW step on the same (batch_size, bptt) windows of the
 train + unlabelled stream, carrying the hidden state; tokens/s counts every target token.
-The two alternate over --rounds so drifting machine load hits both alike; the best round
-counts. Prints one JSON object on one line.
+After two warm-up windows per arm (one window shape: one set of oneDNN primitives), the arms
+alternate A B B A over --rounds; --precision bf16 adds both loops under CPU bf16 autocast
+(forward and loss). Prints one JSON line: each arm's median and spread, ratios to the bare fp32
+loop, the machine, thread settings and load average.
 """
 from __future__ import annotations
 
@@ -17,11 +19,11 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
-from pipeline import data
+from benchmarks import harness
+from pipeline import data, training
 from pipeline.params import load_params
 from pipeline.train_lm import batchify, build_lm, detach, make_stream
 
@@ -44,38 +46,41 @@ class BareLM(nn.Module):
         return nn.functional.cross_entropy(logits, targets.reshape(-1), reduction="sum"), targets.numel()
 
 
-def timed(model, x, y, windows, lr) -> tuple[float, float]:
-    """Target tokens per second of forward + backward + step over `windows`, after 2 warm-up windows:
-    per wall-clock second, and per second of this process's CPU time (all threads), which a
-    machine shared with other jobs distorts less."""
+def arm(model, x, y, windows, lr, precision):
+    """A warm closure: target tokens per wall-clock second of forward + loss + backward + step."""
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
     model.train()
+    cpu = torch.device("cpu")
+    state = None
 
-    def step(start, length, state):
-        features, state = model(x[:, start : start + length], state)
-        loss, n = model.loss(features, y[:, start : start + length])
+    def step(start, length):
+        nonlocal state
+        with training.autocast(cpu, precision):
+            features, state = model(x[:, start : start + length], state)
+            loss, n = model.loss(features, y[:, start : start + length])
         opt.zero_grad(set_to_none=True)
-        (loss / max(n, 1)).backward()
+        (loss.float() / max(n, 1)).backward()
         nn.utils.clip_grad_norm_(model.parameters(), 0.25)
         opt.step()
         state = tuple(t.detach() for t in state) if isinstance(state, tuple) else detach(state)  # bare: (h, c)
-        return state, n
+        return n
 
-    state = None
     for start, length in windows[:2]:  # warm-up: oneDNN primitives, allocator
-        state, _ = step(start, length, state)
-    tokens, t0, c0 = 0, time.perf_counter(), time.process_time()
-    for start, length in windows[2:]:
-        state, n = step(start, length, state)
-        tokens += n
-    return tokens / (time.perf_counter() - t0), tokens / (time.process_time() - c0)
+        step(start, length)
+
+    def timed() -> float:
+        t0 = time.perf_counter()
+        tokens = sum(step(start, length) for start, length in windows[2:])
+        return tokens / (time.perf_counter() - t0)
+    return timed
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--vocab-dir", type=Path, default=Path("data/vocab"))
     ap.add_argument("--batches", type=int, default=20, help="windows timed per model")
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=4, help="timed passes per arm, interleaved")
+    ap.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16"])
     ap.add_argument("--threads", type=int, default=0, help="torch threads; 0 = train_lm.threads or all")
     for key in ("embed_dim", "hidden", "layers", "batch_size", "bptt"):
         ap.add_argument("--" + key.replace("_", "-"), type=int, help=f"override train_lm.{key}")
@@ -91,25 +96,21 @@ def main() -> None:
     x, y = batchify(make_stream(seqs, p.seed, need), p.batch_size)
     windows = [(i, p.bptt) for i in range(0, x.size(1) - p.bptt + 1, p.bptt)][: args.batches + 2]
 
-    ours = build_lm(p, vocab)
-    torch.manual_seed(p.seed)
-    bare = BareLM(vocab, p.embed_dim, p.hidden, p.layers)
-    figures = {"ours": [], "bare": []}
-    for _ in range(args.rounds):
-        figures["bare"].append(timed(bare, x, y, windows, p.lr))
-        figures["ours"].append(timed(ours, x, y, windows, p.lr))
-    best = {k: max(r[0] for r in v) for k, v in figures.items()}
-    cpu = {k: max(r[1] for r in v) for k, v in figures.items()}
-    print(json.dumps({
-        "benchmark": "lm_train_throughput", "threads": torch.get_num_threads(), "vocab": vocab,
-        "batches": len(windows) - 2, "batch_size": p.batch_size, "bptt": p.bptt, "embed_dim": p.embed_dim,
-        "hidden": p.hidden, "layers": p.layers, "cutoffs": [c for c in p.cutoffs if c < vocab],
-        "bare_tokens_per_s": round(best["bare"]), "ours_tokens_per_s": round(best["ours"]),
-        "ratio": round(best["ours"] / best["bare"], 3),
-        "bare_tokens_per_cpu_s": round(cpu["bare"]), "ours_tokens_per_cpu_s": round(cpu["ours"]),
-        "cpu_ratio": round(cpu["ours"] / cpu["bare"], 3),
+    record = {"benchmark": "lm_train_throughput", **harness.machine()}
+    arms = {}
+    for precision in args.precision:
+        torch.manual_seed(p.seed)
+        bare = BareLM(vocab, p.embed_dim, p.hidden, p.layers)
+        ours = build_lm(p, vocab)
+        arms[f"bare_{precision}"] = arm(bare, x, y, windows, p.lr, precision)
+        arms[f"ours_{precision}"] = arm(ours, x, y, windows, p.lr, precision)
+    figures = harness.interleave(arms, args.rounds)
+    record.update({
+        "vocab": vocab, "batches": len(windows) - 2, "batch_size": p.batch_size, "bptt": p.bptt,
+        "embed_dim": p.embed_dim, "hidden": p.hidden, "layers": p.layers, "cutoffs": [c for c in p.cutoffs if c < vocab],
         "params_bare": sum(q.numel() for q in bare.parameters()), "params_ours": sum(q.numel() for q in ours.parameters()),
-    }))
+    })
+    print(json.dumps(harness.finish(record, figures, base=f"bare_{args.precision[0]}")))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 
 from pipeline import paths, scoring
 from pipeline.common import PipelineError, run_main, write_json
+from pipeline.labels import numeric, read_labels
 from pipeline.params import load_params
 
 TOKENS_DIR = paths.TOKENS
@@ -23,11 +24,13 @@ def load_tokens(split: str) -> tuple[list[list[str]], np.ndarray]:
     if not path.is_file():
         raise PipelineError(f"{path} not found (run the tokenize stage first)")
     table = pq.read_table(path, columns=["tokens", "label"])
-    return table["tokens"].to_pylist(), table["label"].to_numpy()
+    return table["tokens"].to_pylist(), table["label"].to_numpy().astype(np.int64)
 
 
-def fit_and_score(train, valid, test, ngram_max: int, min_df: int, c_grid: list[float], max_iter: int) -> dict:
-    """Tune C on valid, refit nothing (valid stays held out), score test. Returns metrics + chosen C."""
+def fit_and_score(train, valid, test, ngram_max: int, min_df: int, c_grid: list[float], max_iter: int,
+                  names: list[str] = ("neg", "pos")) -> dict:
+    """Tune C on valid, refit nothing (valid stays held out), score test. Returns metrics + chosen C.
+    Two classes: liblinear's binary logistic regression; more: multinomial (lbfgs)."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
 
@@ -37,14 +40,15 @@ def fit_and_score(train, valid, test, ngram_max: int, min_df: int, c_grid: list[
     x_valid, x_test = vec.transform(valid[0]), vec.transform(test[0])
     best = None
     for c in c_grid:
-        clf = LogisticRegression(C=c, max_iter=max_iter, solver="liblinear")
+        clf = LogisticRegression(C=c, max_iter=max_iter, solver="liblinear" if len(names) == 2 else "lbfgs")
         clf.fit(x_train, train[1])
         acc = float((clf.predict(x_valid) == valid[1]).mean())
         if best is None or acc > best[0]:
             best = (acc, c, clf)
     valid_acc, c, clf = best
-    p = clf.predict_proba(x_test)[:, 1]
-    metrics = {k: round(v, 6) for k, v in scoring.binary_metrics(test[1], p).items()}
+    probs = np.zeros((len(test[1]), len(names)))
+    probs[:, clf.classes_] = clf.predict_proba(x_test)  # a class absent from train gets probability 0
+    metrics = scoring.classification_metrics(test[1], probs, list(names), numeric(names))
     return {**metrics, "reviews": len(test[1]), "C": c, "valid_acc": round(valid_acc, 6), "features": len(vec.vocabulary_)}
 
 
@@ -59,7 +63,8 @@ def main() -> None:
     params = load_params("baseline")["baseline"]
     start = time.perf_counter()
     train, valid, test = load_tokens("train"), load_tokens("valid"), load_tokens("test")
-    metrics = fit_and_score(train, valid, test, params.ngram_max, params.min_df, params.c_grid, params.max_iter)
+    names = read_labels(paths.TOKENS_LABELS)
+    metrics = fit_and_score(train, valid, test, params.ngram_max, params.min_df, params.c_grid, params.max_iter, names)
     write_json(METRICS, metrics)
     print(f"baseline: test accuracy {metrics['accuracy']:.4f} (C={metrics['C']}, {metrics['features']:,} features, "
           f"{time.perf_counter() - start:.1f}s)")

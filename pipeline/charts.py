@@ -49,17 +49,18 @@ def line_chart(title: str, series: dict[str, list[tuple[float, float]]], xlabel:
         return _svg(fig)
 
 
-def confusion_chart(title: str, m: list[list[int]], labels=("negative", "positive")) -> str:
+def confusion_chart(title: str, m: list[list[int]], labels: list[str]) -> str:
     """A heat map of counts, each cell with its share of the actual class."""
+    side = max(3.0, 0.55 * len(labels) + 1.4)
     with rc_context({**STYLE, "axes.grid": False}):
-        fig = Figure(figsize=(3.2, 3.0), layout="constrained")
+        fig = Figure(figsize=(side + 0.2, side), layout="constrained")
         ax = fig.add_subplot()
         peak = max(max(r) for r in m) or 1
         ax.imshow(m, cmap="Blues", vmin=0, vmax=peak)
         for i, row in enumerate(m):
             total = sum(row) or 1
             for j, v in enumerate(row):
-                ax.text(j, i, f"{v}\n{100 * v / total:.1f}%", ha="center", va="center",
+                ax.text(j, i, f"{v}\n{100 * v / total:.1f}%", ha="center", va="center", fontsize=7 if len(labels) > 4 else None,
                         color="white" if v / peak > 0.55 else "#222222")
         ax.set_xticks(range(len(labels)), labels)
         ax.set_yticks(range(len(labels)), labels)

@@ -24,7 +24,9 @@ import urllib.request
 from pathlib import Path
 from typing import Callable
 
-from pipeline import paths, raw
+import pyarrow as pa
+
+from pipeline import labels, paths, raw, tables
 from pipeline.common import PipelineError, atomic_file, progress, run_main, write_json
 from pipeline.params import load_params, resolve_source
 
@@ -291,24 +293,90 @@ def _all_failed(failures: list[tuple[str, SourceFailed]]) -> str:
 # ---------------------------------------------------------------- stage
 
 
+def fetch(params, key: str) -> tuple[str, object, Path]:
+    """(name, Source, verified local copy) of download.<key>."""
+    name, source = resolve_source(params, key)
+    path = obtain([source.url, *source.mirrors], source.sha256, params.timeout, params.retries, params.backoff)
+    return name, source, path
+
+
+def read_tables(params, name: str, path: Path, fmt: str) -> tuple[pa.Table, list[str], dict]:
+    """The raw table and label map of a table source, its test table (or a stratified split) and unlabelled texts."""
+    columns = [params.text_column, params.label_column]
+    files = {}
+
+    def labelled(key: str, file: Path, file_fmt: str):
+        cols = tables.read_columns(file, file_fmt, columns)
+        rows, texts, labels, counts = tables.clean_rows(cols[params.text_column], cols[params.label_column], file.name)
+        files[key] = counts
+        return rows, texts, labels
+
+    train = labelled("source", path, fmt)
+    if params.test_source:
+        _, test_src, test_path = fetch(params, "test_source")
+        test = labelled("test_source", test_path, _table_format(test_src.url, "test_source"))
+    else:
+        keep, held = raw.stratified_split(train[2], params.test_fraction, params.seed)
+        test = tuple([part[i] for i in held] for part in train)
+        train = tuple([part[i] for i in keep] for part in train)
+    unsup = ([], [], [])
+    if params.unsup_source:
+        _, unsup_src, unsup_path = fetch(params, "unsup_source")
+        cols = tables.read_columns(unsup_path, _table_format(unsup_src.url, "unsup_source"), [params.text_column])
+        rows, texts, _, files["unsup_source"] = tables.clean_rows(cols[params.text_column], None, unsup_path.name)
+        unsup = (rows, texts, [None] * len(texts))
+    names = labels.label_map(train[2], test[2], path.name)
+    index = {n: i for i, n in enumerate(names)}
+    table = raw.from_rows({split: (texts, [index[y] if y is not None else None for y in labels], rows)
+                           for split, (rows, texts, labels) in (("train", train), ("unsup", unsup), ("test", test))})
+    skipped = {k: sum(c[k] for c in files.values()) for k in ("empty_text", "missing_label")}
+    if any(skipped.values()):
+        print(f"download: skipped {skipped['empty_text']:,} rows with an empty text and {skipped['missing_label']:,} "
+              f"without a label (counted in {METRICS})")
+    per_label = {n: 0 for n in names}
+    for y in train[2] + test[2]:
+        per_label[y] += 1
+    return table, names, {
+        "format": fmt, "columns": {"text": params.text_column, "label": params.label_column},
+        "reviews": {"train": len(train[1]), "test": len(test[1]), "unsup": len(unsup[1])},
+        "skipped": skipped, "bad_utf8": sum(c["bad_utf8"] for c in files.values()), "files": files, "labels": per_label,
+    }
+
+
+def _table_format(url: str, key: str) -> str:
+    fmt = tables.table_format(url)
+    if fmt is None:
+        raise PipelineError(f"download.{key} must be a table (.csv .tsv .jsonl .parquet), got {url}")
+    return fmt
+
+
 def main() -> None:
     params = load_params("download")["download"]
-    name, source = resolve_source(params)
     start = time.perf_counter()
-    archive = obtain([source.url, *source.mirrors], source.sha256, params.timeout, params.retries, params.backoff)
-    table, counts = raw.read_aclimdb(archive)
+    name, source, path = fetch(params, "source")
+    fmt = tables.table_format(source.url)
+    if fmt is None:
+        if params.test_source or params.unsup_source:
+            raise PipelineError("download.test_source and download.unsup_source are for table sources: "
+                                "an aclImdb archive has its own test and unlabelled reviews")
+        table, names, counts = raw.read_aclimdb(path, params.label_column)
+        counts = {**counts, "label_column": params.label_column}
+    else:
+        table, names, counts = read_tables(params, name, path, fmt)
     try:
         with atomic_file(RAW) as tmp:
             raw.write(table, tmp)
+        with atomic_file(paths.RAW_LABELS) as tmp:
+            labels.write_labels(tmp, names)
     except OSError as e:
         if e.errno in NO_SPACE:
             raise PipelineError(f"no space left writing {RAW}: {e.strerror} (disk full?)") from None
         raise PipelineError(f"cannot write {RAW}: {_one_line(e)}") from None
     if LEGACY_DIR.is_dir():  # a workspace from before the table: 100k files nothing reads any more
         shutil.rmtree(LEGACY_DIR)
-    # Only what the archive determines, so a rerun writes the same bytes and DVC sees no change.
+    # Only what the sources determine, so a rerun writes the same bytes and DVC sees no change.
     write_json(METRICS, {"source": name, "sha256": source.sha256, **counts})
-    print(f"download: {name} -> {RAW} ({table.num_rows} reviews, {time.perf_counter() - start:.1f}s)")
+    print(f"download: {name} -> {RAW} ({table.num_rows} texts, {len(names)} labels, {time.perf_counter() - start:.1f}s)")
 
 
 if __name__ == "__main__":

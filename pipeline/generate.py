@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import zlib
 from pathlib import Path
 
@@ -215,7 +216,8 @@ def run_stage(params: GenerateParams, max_chars: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = Parser(prog="imdb-generate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    called = Path(sys.argv[0]).name
+    ap = Parser(prog=called if called.endswith("-generate") else "text-generate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prompt", action="append", help="text to continue (repeatable); none = the stage: params' prompts to files")
     ap.add_argument("--max-tokens", type=int, help="new tokens at most")
     ap.add_argument("--temperature", type=float, help="0 = greedy")

@@ -8,7 +8,8 @@ import re
 
 PRECISION = 5  # digits after the point in a diff, as `dvc metrics diff` rounds
 # Shown first, in this order, when a model has them; the rest follow sorted.
-KEY_METRICS = ["accuracy", "f1", "precision", "recall", "roc_auc", "loss", "ece", "perplexity", "reviews"]
+KEY_METRICS = ["accuracy", "macro_f1", "f1", "precision", "recall", "roc_auc", "mae", "loss", "ece", "perplexity", "reviews"]
+PER_CLASS = "per_class"  # a table of its own in the report, not rows of the side-by-side one
 
 
 def flatten(d, prefix: str = "") -> dict:
@@ -55,7 +56,7 @@ def metric_order(names) -> list[str]:
 
 def side_by_side(models: dict[str, dict]) -> tuple[list[str], list[list[str]]]:
     """Header and rows of one table: a row per metric name, a column per model ("—" where absent)."""
-    flat = {name: flatten(m) for name, m in models.items()}
+    flat = {name: flatten({k: v for k, v in m.items() if k != PER_CLASS}) for name, m in models.items()}
     names = metric_order(k for m in flat.values() for k in m)
     rows = [[k] + [fmt(flat[model].get(k)) for model in flat] for k in names]
     return ["Metric", *flat], rows

@@ -37,6 +37,12 @@ class Source:
 @dataclass
 class DownloadParams:
     source: str = _f()  # a key of `sources`, or an ad-hoc `<path or URL>@sha256:<hex>`
+    test_source: str = _f()  # table sources: a second table for test, named as `source`; "" = split one off
+    unsup_source: str = _f()  # table sources: a table of unlabelled texts for the language model; "" = none
+    text_column: str = _f()  # table sources: the column of texts
+    label_column: str = _f()  # the column of labels; aclImdb: label (neg/pos) or rating (1-4, 7-10)
+    test_fraction: float = _f(gt=0, lt=1)  # table sources without test_source: held out for test, stratified
+    seed: int = _f(min=0)  # of that split
     sources: dict[str, Source] = _f()
     timeout: float = _f(gt=0)
     retries: int = _f(min=0, max=20)
@@ -49,20 +55,21 @@ SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 PINNED = re.compile(r"^(?P<url>.+)@sha256:(?P<sha256>[0-9a-fA-F]{64})$")
 
 
-def resolve_source(download: DownloadParams) -> tuple[str, Source]:
-    """The (name, Source) that `download.source` selects.
+def resolve_source(download: DownloadParams, key: str = "source") -> tuple[str, Source]:
+    """The (name, Source) that `download.<key>` (source, test_source, unsup_source) selects.
 
-    Besides a key of `sources`, `<path or URL>@sha256:<hex>` names an archive directly, so one
+    Besides a key of `sources`, `<path or URL>@sha256:<hex>` names a file directly, so one
     `-S download.source=...` override switches to a local copy or mirror and still pins its hash.
     """
-    if download.source in download.sources:
-        return download.source, download.sources[download.source]
-    m = PINNED.match(download.source)
+    value = getattr(download, key)
+    if value in download.sources:
+        return value, download.sources[value]
+    m = PINNED.match(value)
     if m:
-        return download.source, Source(url=m["url"], sha256=m["sha256"].lower(), mirrors=[])
+        return value, Source(url=m["url"], sha256=m["sha256"].lower(), mirrors=[])
     raise PipelineError(
-        f"download.source must be one of {sorted(download.sources)} or '<path or URL>@sha256:<64 hex digits>', "
-        f"got {download.source!r}"
+        f"download.{key} must be one of {sorted(download.sources)} or '<path or URL>@sha256:<64 hex digits>', "
+        f"got {value!r}"
     )
 
 
@@ -74,6 +81,9 @@ def _check_sources(download: DownloadParams) -> None:
             raise PipelineError(f"download.sources.{name}.sha256 must be 64 hex digits, got {src.sha256!r}")
         src.sha256 = src.sha256.lower()  # hashlib's hexdigest() is lowercase
     resolve_source(download)
+    for key in ("test_source", "unsup_source"):
+        if getattr(download, key):
+            resolve_source(download, key)
 
 
 @dataclass
@@ -116,6 +126,7 @@ class TrainParams:
     monitor: str = _f(choices=["valid_acc", "valid_loss"])  # picks the best epoch and drives early stopping
     threads: int = _f(min=0)  # 0 = one per core
     device: str = _f(choices=["auto", "cpu", "cuda"])
+    precision: str = _f(choices=["auto", "fp32", "bf16"])  # autocast of the forward pass (pipeline.training.autocast)
     nproc: int = _f(min=1)  # processes on this machine; > 1 runs under torchrun (DDP), batch_size stays global
     resume: bool = _f()  # continue from models/train.resume.pt after an interruption
 
@@ -167,6 +178,7 @@ class TrainLMParams:
     eval_every: int = _f(min=0)  # steps between valid checks + resume states (and at each epoch end); 0 = epoch ends only
     threads: int = _f(min=0)
     device: str = _f(choices=["auto", "cpu", "cuda"])
+    precision: str = _f(choices=["auto", "fp32", "bf16"])
     resume: bool = _f()  # continue from models/train_lm.resume.pt after an interruption
 
 

@@ -10,13 +10,16 @@ from pathlib import Path
 
 # download
 RAW = Path("data/raw/reviews.parquet")
+RAW_LABELS = Path("data/raw/labels.json")  # the label map: names in index order (pipeline/tables.py)
 RAW_LEGACY = Path("data/raw/aclImdb")  # the extracted tree download wrote before the table
 DOWNLOADS = Path("data/downloads")  # verified archives and partial downloads; not a DVC output
 # tokenize, vocab
 TOKENS = Path("data/tokens")
 VECTORS = Path("data/vectors")  # pretrained vector files (vocab.vectors names one)
 VOCAB = Path("data/vocab")
+TOKENS_LABELS = TOKENS / "labels.json"  # the label map, passed along with the data it indexes
 VOCAB_FILE = VOCAB / "vocab.tsv"
+VOCAB_LABELS = VOCAB / "labels.json"
 VOCAB_VECTORS = VOCAB / "vectors.npy"  # written by vocab when vocab.vectors is set
 # language model
 LM = Path("models/lm.pt")

@@ -1,4 +1,4 @@
-"""Label new reviews with the trained classifier.
+"""Label new texts with the trained classifier (text-predict, or imdb-predict as it was first called).
 
     python -m pipeline.predict "A wonderful film." "Two hours I will never get back."
     echo "Loved it" | python -m pipeline.predict
@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import data, paths
+from pipeline import data, paths, scoring
 from pipeline import text as T
 from pipeline.common import Parser, PipelineError, run_main
-from pipeline.model import load_classifier, predict_proba
+from pipeline.model import checkpoint_labels, load_classifier, predict_proba
 from pipeline.params import PARAMS_FILE, load_params
 
 
@@ -60,8 +60,10 @@ def encode_texts(texts: list[str], itos: list[str], lowercase: bool, max_chars: 
 
 
 def predict(texts: list[str], model_path: Path, vocab_path: Path, lowercase: bool, max_chars: int, batch_size: int = 256) -> list[dict]:
-    """[{label, probability}] per text, probability being that of the positive class."""
+    """[{label, probabilities}] per text: the predicted label's name and every class's probability;
+    two classes also keep `probability`, that of class 1 (IMDB: positive), as before the label map."""
     model, ckpt = load_classifier(model_path)
+    names = checkpoint_labels(ckpt, model_path)
     if not vocab_path.is_file():
         raise PipelineError(f"vocab {vocab_path} not found (run the pipeline first: dvc repro)")
     itos = data.read_vocab(vocab_path)
@@ -69,7 +71,13 @@ def predict(texts: list[str], model_path: Path, vocab_path: Path, lowercase: boo
         raise PipelineError(f"{vocab_path} has {len(itos)} entries but the model expects {ckpt['config']['vocab_size']}: rerun dvc repro")
     seqs = [data.truncate(s, ckpt["max_len"], ckpt["head_fraction"]) for s in encode_texts(texts, itos, lowercase, max_chars)]
     probs = predict_proba(model, seqs, batch_size)
-    return [{"label": "pos" if p >= 0.5 else "neg", "probability": round(float(p), 6)} for p in probs]
+    rows = []
+    for p, k in zip(probs, scoring.predictions(probs)):
+        row = {"label": names[k]}
+        if len(names) == 2:
+            row["probability"] = round(float(p[1]), 6)
+        rows.append({**row, "probabilities": {n: round(float(q), 6) for n, q in zip(names, p)}})
+    return rows
 
 
 def positive_int(value: str) -> int:
@@ -98,7 +106,8 @@ def screen(texts: list[str], drop_blank: bool) -> tuple[list[str], int, int]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = Parser(prog="imdb-predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    called = Path(sys.argv[0]).name
+    ap = Parser(prog=called if called.endswith("-predict") else "text-predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("texts", nargs="*", help="review texts; none = read --file or stdin")
     ap.add_argument("--file", type=Path, help="a .txt, .csv, .jsonl or .parquet file of reviews")
     ap.add_argument("--column", default="text", help="text column of a tabular file (default: text)")
@@ -116,9 +125,9 @@ def main(argv: list[str] | None = None) -> None:
     texts, blank, odd = screen(texts, drop_blank=by_line)
     if blank:
         what = "skipped" if by_line else "scored as reviews with no words"
-        print(f"imdb-predict: {blank} blank input{'s' * (blank > 1)} {what}", file=sys.stderr)
+        print(f"{ap.prog}: {blank} blank input{'s' * (blank > 1)} {what}", file=sys.stderr)
     if odd:
-        print(f"imdb-predict: warning: {odd} input{'s are' if odd > 1 else ' is'} mostly non-printable characters "
+        print(f"{ap.prog}: warning: {odd} input{'s are' if odd > 1 else ' is'} mostly non-printable characters "
               f"(a binary file or the wrong column?); scored anyway", file=sys.stderr)
     if not texts:
         raise PipelineError("no input texts (pass them as arguments, on stdin, or with --file)")
@@ -126,9 +135,11 @@ def main(argv: list[str] | None = None) -> None:
     rows = predict(texts, args.model, args.vocab, tok.lowercase, tok.max_chars, args.batch_size)
     if args.format == "csv":
         w = csv.writer(sys.stdout, lineterminator="\n")
-        w.writerow(["label", "probability", "text"])
+        names = list(rows[0]["probabilities"])
+        two = "probability" in rows[0]
+        w.writerow(["label", *(["probability"] if two else []), *(f"p_{n}" for n in names), "text"])
         for t, r in zip(texts, rows):
-            w.writerow([r["label"], r["probability"], t])
+            w.writerow([r["label"], *([r["probability"]] if two else []), *r["probabilities"].values(), t])
     else:
         for t, r in zip(texts, rows):
             print(json.dumps({**r, "text": t}, ensure_ascii=False))

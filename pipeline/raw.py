@@ -6,10 +6,12 @@ The download stage builds it from the aclImdb archive; tokenize reads it. One fi
 Schema (zstd, one row group per ROW_GROUP rows):
     id      string          "train/pos/10_9": the review's path in the archive, without aclImdb/ and .txt
     split   string          train | test | unsup
-    rating  int8            stars from the file name (0 for unlabelled)
-    label   int8, nullable  1 positive, 0 negative, null unlabelled
+    rating  int8            stars from the file name (0 for unlabelled, and for table sources)
+    label   int8, nullable  index into the label map (data/raw/labels.json), null unlabelled;
+                            aclImdb: 0 neg, 1 pos, or with label_column rating the rating's index
     text    string          the review as UTF-8 (invalid bytes replaced, counted in the stage's metrics)
-Rows are in a fixed order: train, unsup, test; within a split pos then neg, each by numeric id.
+Rows are in a fixed order: train, unsup, test; aclImdb: within a split pos then neg, each by
+numeric id; a table source: its row order.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import zlib
 from pathlib import Path
 from typing import Iterator, NamedTuple
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -40,6 +43,8 @@ ROW_GROUP = 10_000
 # (split, folder) in table order, and each folder's label.
 FOLDERS = [("train", "pos"), ("train", "neg"), ("unsup", "unsup"), ("test", "pos"), ("test", "neg")]
 LABELS = {"pos": 1, "neg": 0, "unsup": None}
+SENTIMENT = ["neg", "pos"]  # the label map of `label`; `rating` maps the ratings found, in numeric order
+LABEL_COLUMNS = ("label", "rating")
 LAYOUT = {(split, folder): f"aclImdb/{'train' if split == 'unsup' else split}/{folder}" for split, folder in FOLDERS}
 _REVIEW = re.compile(r"^aclImdb/(train|test)/(pos|neg|unsup)/(\d+)_(\d+)\.txt$")
 # Decompression-bomb guards: the longest IMDB review is ~14 kB, and the whole tar 216 MB.
@@ -169,13 +174,17 @@ def _one_line(e: BaseException) -> str:
     return " ".join((getattr(e, "strerror", None) or str(e) or type(e).__name__).split())
 
 
-def read_aclimdb(archive: Path) -> tuple[pa.Table, dict]:
+def read_aclimdb(archive: Path, label_column: str = "label") -> tuple[pa.Table, list[str], dict]:
     """Read the aclImdb tar(.gz) into the raw table, in memory, writing nothing to disk.
 
     Every member is checked (no absolute paths, `..`, links or devices), members that are not
     reviews (README, vocab, bag-of-words files) are skipped, and the layout is checked.
-    Returns the table and counts: files in the archive, reviews per folder, invalid UTF-8.
+    `label_column` picks the class: `label` (neg/pos) or `rating` (the stars, 1-4 and 7-10).
+    Returns the table, the label map and counts: files in the archive, reviews per folder, invalid UTF-8.
     """
+    if label_column not in LABEL_COLUMNS:
+        raise PipelineError(f"download.label_column must be one of {list(LABEL_COLUMNS)} for an aclImdb archive, "
+                            f"got {label_column!r}")
     name = archive.name
     try:
         packed = archive.read_bytes()
@@ -222,9 +231,40 @@ def read_aclimdb(archive: Path) -> tuple[pa.Table, dict]:
         rows["rating"] += [r[2] for r in reviews]
         rows["label"] += [LABELS[folder]] * len(reviews)
         rows["text"] += [r[3] for r in reviews]
+    names = SENTIMENT
+    if label_column == "rating":
+        names = [str(r) for r in sorted({r for r, y in zip(rows["rating"], rows["label"]) if y is not None})]
+        index = {int(n): i for i, n in enumerate(names)}
+        rows["label"] = [None if y is None else index[r] for r, y in zip(rows["rating"], rows["label"])]
     table = pa.Table.from_pydict(rows, schema=SCHEMA)
     counts = {LAYOUT[key].removeprefix("aclImdb/"): len(v) for key, v in found.items()}
-    return table, {"files": files, "reviews": counts, "bad_utf8": bad}
+    return table, names, {"files": files, "reviews": counts, "bad_utf8": bad}
+
+
+def from_rows(splits: dict[str, tuple[list[str], list[int | None], list[int]]]) -> pa.Table:
+    """The raw table of a table source: per split (train, unsup, test, in that order), its texts,
+    label indices and row numbers in the source file (ids are "<split>/<row>")."""
+    rows = {"id": [], "split": [], "rating": [], "label": [], "text": []}
+    for split in ("train", "unsup", "test"):
+        texts, labels, numbers = splits.get(split, ([], [], []))
+        rows["id"] += [f"{split}/{n}" for n in numbers]
+        rows["split"] += [split] * len(texts)
+        rows["rating"] += [0] * len(texts)
+        rows["label"] += list(labels)
+        rows["text"] += list(texts)
+    return pa.Table.from_pydict(rows, schema=SCHEMA)
+
+
+def stratified_split(labels: list, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Seeded, stratified by label: (kept, held out) indices, each in input order. `fraction`
+    of every label's rows (rounded) is held out."""
+    rng = np.random.default_rng(seed)
+    held: set[int] = set()
+    for label in sorted(set(labels), key=lambda x: (x is None, x)):
+        idx = [i for i, y in enumerate(labels) if y == label]
+        n = round(len(idx) * fraction)
+        held.update(int(i) for i in rng.permutation(idx)[:n])
+    return [i for i in range(len(labels)) if i not in held], sorted(held)
 
 
 def write(table: pa.Table, path: Path) -> None:

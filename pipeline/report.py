@@ -74,11 +74,19 @@ def read_tsv_series(path: Path) -> list[tuple[float, float]]:
 # ---------------------------------------------------------------- pure: the sections
 
 
-def confusion_counts(rows: list[dict]) -> list[list[int]]:
-    """2x2 [[TN, FP], [FN, TP]] from DVC confusion rows {"actual", "predicted"}."""
-    m = [[0, 0], [0, 0]]
+def label_names(rows: list[dict], metrics: dict | None) -> list[str]:
+    """The classes in label-map order: evaluate's per-class metrics keep it; else as first seen."""
+    names = list((metrics or {}).get("per_class") or {})
+    seen = dict.fromkeys(str(r[k]) for r in rows for k in ("actual", "predicted"))
+    return names + [n for n in seen if n not in names]
+
+
+def confusion_counts(rows: list[dict], names: list[str]) -> list[list[int]]:
+    """K x K counts, [actual][predicted], from DVC confusion rows {"actual", "predicted"}."""
+    index = {n: i for i, n in enumerate(names)}
+    m = [[0] * len(names) for _ in names]
     for r in rows:
-        m[int(r["actual"])][int(r["predicted"])] += 1
+        m[index[str(r["actual"])]][index[str(r["predicted"])]] += 1
     return m
 
 
@@ -171,15 +179,21 @@ def test_section(inputs: dict) -> tuple[list[tuple], dict[str, str]]:
         return [], {}
     blocks: list[tuple] = [("h", 2, "Classifiers on the test set")]
     svgs = {}
-    for i, (name, t) in enumerate(tests.items()):
-        m = confusion_counts(t["confusion"])
-        blocks.append(("p", f"{name}, confusion matrix:"))
-        blocks.append(("table", ["actual / predicted", "negative", "positive"],
-                       [["negative", str(m[0][0]), str(m[0][1])], ["positive", str(m[1][0]), str(m[1][1])]]))
-        file = f"confusion_{i}.svg" if i else "confusion.svg"
-        svgs[file] = charts.confusion_chart(f"{name} (test)", m)
-        blocks.append(("img", f"Confusion matrix, {name}", file))
     models = inputs["models"]
+    for i, (name, t) in enumerate(tests.items()):
+        names = label_names(t["confusion"], models.get(name))
+        m = confusion_counts(t["confusion"], names)
+        blocks.append(("p", f"{name}, confusion matrix:"))
+        blocks.append(("table", ["actual / predicted", *names], [[a, *map(str, row)] for a, row in zip(names, m)]))
+        file = f"confusion_{i}.svg" if i else "confusion.svg"
+        svgs[file] = charts.confusion_chart(f"{name} (test)", m, names)
+        blocks.append(("img", f"Confusion matrix, {name}", file))
+        per_class = (models.get(name) or {}).get("per_class") or {}
+        if per_class:
+            blocks.append(("p", f"{name}, per class:"))
+            blocks.append(("table", ["class", "precision", "recall", "F1", "test reviews"],
+                           [[c, fmt(v.get("precision")), fmt(v.get("recall")), fmt(v.get("f1")), fmt(v.get("support"))]
+                            for c, v in per_class.items()]))
     roc = {f"{name} (AUC {fmt((models.get(name) or {}).get('roc_auc'), 3)})": [(r["fpr"], r["tpr"]) for r in t["roc"]]
            for name, t in tests.items() if t.get("roc")}
     if roc:
@@ -210,12 +224,11 @@ def mistakes_section(mistakes: list[dict], params) -> list[tuple]:
     if not mistakes or not params.n_mistakes:
         return []
     shown = mistakes[: params.n_mistakes]
-    label = {0: "negative", 1: "positive"}
     return [("h", 2, "Most confident mistakes"),
             ("p", f"The {len(shown)} test reviews the LSTM from scratch got wrong with the most confidence "
                   f"(of {len(mistakes)} in `{paths.EVALUATE.mistakes.as_posix()}`), cut to {params.max_chars} characters."),
-            ("table", ["id", "label", "P(positive)", "review"],
-             [[m.get("id", ""), label.get(m.get("label"), str(m.get("label"))), fmt(m.get("p_positive")),
+            ("table", ["id", "label", "predicted", "probability", "review"],
+             [[m.get("id", ""), str(m.get("label")), str(m.get("predicted")), fmt(m.get("probability")),
                truncate(m.get("text", ""), params.max_chars)] for m in shown])]
 
 

@@ -21,12 +21,12 @@ import time
 from pathlib import Path
 from typing import Iterable, Iterator
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline import paths, raw
+from pipeline.labels import read_labels, write_labels
 from pipeline import text as T
 from pipeline.common import atomic_dir, cpu_count, progress, run_main, write_json
 from pipeline.params import load_params
@@ -49,15 +49,8 @@ SCHEMA = pa.schema(
 _BUILT = SCHEMA.set(4, pa.field("tokens", pa.list_(pa.dictionary(pa.int32(), pa.string()))))
 def split_valid(table: pa.Table, fraction: float, seed: int) -> tuple[pa.Table, pa.Table]:
     """A seeded split stratified by label; both parts keep the input order."""
-    rng = np.random.default_rng(seed)
-    labels = table["label"].to_pylist()
-    valid_idx: set[int] = set()
-    for label in sorted(set(labels), key=lambda x: (x is None, x)):
-        idx = [i for i, y in enumerate(labels) if y == label]
-        n = round(len(idx) * fraction)
-        valid_idx.update(int(i) for i in rng.permutation(idx)[:n])
-    train = [i for i in range(len(labels)) if i not in valid_idx]
-    return table.take(train), table.take(sorted(valid_idx))
+    train, valid = raw.stratified_split(table["label"].to_pylist(), fraction, seed)
+    return table.take(train), table.take(valid)
 
 
 # Each worker process holds its own tokenizer (loaded once in the parent and inherited through
@@ -188,6 +181,7 @@ def main() -> None:
     params = load_params("tokenize")["tokenize"]
     start = time.perf_counter()
     train, valid = split_valid(raw.read_split(RAW, "train"), params.valid_fraction, params.seed)
+    labels = read_labels(paths.RAW_LABELS)
     splits = {"train": train, "valid": valid, "test": raw.read_split(RAW, "test")}
     if params.unsup:
         splits["unsup"] = raw.read_split(RAW, "unsup")
@@ -199,6 +193,7 @@ def main() -> None:
                 reviews, tmp / f"{name}.parquet", pool, params.lowercase, params.max_chars, params.chunk_size, name,
                 window=2 * workers,
             )
+        write_labels(tmp / paths.TOKENS_LABELS.name, labels)
     write_json(METRICS, metrics)
     total = sum(m["tokens"] for m in metrics.values())
     print(f"tokenize: {total:,} tokens in {sum(t.num_rows for t in splits.values()):,} reviews "

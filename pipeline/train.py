@@ -23,25 +23,28 @@ from torch import nn
 
 from pipeline import data, distributed, paths, training
 from pipeline.common import Parser, PipelineError, run_main
+from pipeline.labels import read_labels
 from pipeline.model import Classifier, init_classifier_from_lm, lm_param_names, load_lm_init
 from pipeline.params import TrainParams, load_params
 from pipeline.training import autocast
 
 
-def run_epoch(model, seqs, labels, batches, device, optimizer=None, scheduler=None, clip=0.0, scaler=None):
+def run_epoch(model, seqs, labels, batches, device, optimizer=None, scheduler=None, clip=0.0, scaler=None,
+              precision="auto"):
     """One pass over `batches`; trains when an optimizer is given. Returns (mean loss, accuracy, tokens).
 
     Under torchrun each rank runs its share of every global batch; the results are summed over ranks.
     """
-    loss_fn = nn.BCEWithLogitsLoss(reduction="sum")
+    binary = model_classes(model) == 2
+    loss_fn = nn.BCEWithLogitsLoss(reduction="sum") if binary else nn.CrossEntropyLoss(reduction="sum")
     model.train(optimizer is not None)
     total_loss, correct, n, tokens = 0.0, 0, 0, 0
     with torch.set_grad_enabled(optimizer is not None):
         for b in batches:
             b, weight = distributed.shard(b)  # this rank's reviews; weight * summed loss -> global mean
             ids, lengths = data.collate([seqs[i] for i in b])
-            y = data.to_device(torch.from_numpy(labels[b].astype(np.float32)), device)
-            with autocast(device):
+            y = data.to_device(torch.from_numpy(labels[b].astype(np.float32 if binary else np.int64)), device)
+            with autocast(device, precision):
                 logits = model(data.to_device(ids, device), data.to_device(lengths, device)).float()
             loss = loss_fn(logits, y)
             if optimizer is not None:
@@ -50,16 +53,23 @@ def run_epoch(model, seqs, labels, batches, device, optimizer=None, scheduler=No
             if weight == 0:  # a stand-in review, for a rank with no share of this batch
                 continue
             total_loss += loss.item()
-            correct += int(((logits > 0).float() == y).sum())
+            pred = (logits > 0).float() if binary else logits.argmax(1)
+            correct += int((pred == y).sum())
             n += len(b)
             tokens += int(lengths.sum())
     total_loss, correct, n, tokens = distributed.all_sum(total_loss, correct, n, tokens)
     return total_loss / max(n, 1), correct / max(n, 1), tokens
 
 
-def build_model(params: TrainParams, vocab_size: int, vectors: np.ndarray | None, lm: dict | None = None) -> Classifier:
+def model_classes(model) -> int:
+    return (model.module if hasattr(model, "module") else model).config["classes"]  # DDP wraps the model
+
+
+def build_model(params: TrainParams, vocab_size: int, vectors: np.ndarray | None, lm: dict | None = None,
+                classes: int = 2) -> Classifier:
     torch.manual_seed(params.seed)
-    model = Classifier(vocab_size, params.embed_dim, params.hidden, params.layers, params.bidirectional, params.dropout)
+    model = Classifier(vocab_size, params.embed_dim, params.hidden, params.layers, params.bidirectional, params.dropout,
+                       classes)
     if vectors is not None:
         if vectors.shape != (vocab_size, params.embed_dim):
             raise PipelineError(
@@ -73,7 +83,8 @@ def build_model(params: TrainParams, vocab_size: int, vectors: np.ndarray | None
 
 
 def fit(params: TrainParams, vocab_size: int, train, valid, device: torch.device, resume_path: Path | None = None,
-        vectors: np.ndarray | None = None, log: Callable[[dict], None] | None = None, lm: dict | None = None) -> dict:
+        vectors: np.ndarray | None = None, log: Callable[[dict], None] | None = None, lm: dict | None = None,
+        classes: int = 2) -> dict:
     """Train with early stopping on valid loss. `train`/`valid` are (seqs, labels), already truncated.
 
     With `resume_path`, state is saved there after every epoch and picked up again if it
@@ -86,7 +97,7 @@ def fit(params: TrainParams, vocab_size: int, train, valid, device: torch.device
     train_len = np.array([len(s) for s in train_seqs])
     valid_batches = data.bucket_batches(np.array([len(s) for s in valid_seqs]), params.batch_size * 4, None)
 
-    model = build_model(params, vocab_size, vectors, lm).to(device)
+    model = build_model(params, vocab_size, vectors, lm, classes).to(device)
     net = distributed.wrap(model, device)  # DDP under torchrun; `model` stays the bare weights
     pretrained_names = set(lm_param_names(model.config, lm["config"])) if lm is not None else set()
     pretrained = [p for n, p in model.named_parameters() if n in pretrained_names]
@@ -101,9 +112,9 @@ def fit(params: TrainParams, vocab_size: int, train, valid, device: torch.device
         frozen_steps = lm["unfreeze_epoch"] * steps_per_epoch
         schedules.append(lambda step: schedule(step) if step >= frozen_steps else 0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedules)
-    scaler = training.grad_scaler(device)
+    scaler = training.grad_scaler(device, params.precision)
 
-    sig = training.signature(params, vocab_size=vocab_size, n_train=len(train_seqs))
+    sig = training.signature(params, vocab_size=vocab_size, n_train=len(train_seqs), classes=classes)
     if lm is not None:
         sig.update(lm_lr_mult=lm["lr_mult"], unfreeze_epoch=lm["unfreeze_epoch"], lm_digest=lm["digest"])
     resume = training.Resume(resume_path, sig, "train")
@@ -123,10 +134,11 @@ def fit(params: TrainParams, vocab_size: int, train, valid, device: torch.device
         torch.manual_seed(params.seed * 1000 + epoch + (distributed.rank() << 32))  # ranks > 0: own dropout masks
         batches = data.bucket_batches(train_len, params.batch_size, np.random.default_rng([params.seed, epoch]))
         t0 = time.perf_counter()
-        tr_loss, tr_acc, n = run_epoch(net, train_seqs, train_y, batches, device, optimizer, scheduler, params.clip, scaler)
+        tr_loss, tr_acc, n = run_epoch(net, train_seqs, train_y, batches, device, optimizer, scheduler, params.clip, scaler,
+                                        params.precision)
         seconds = time.perf_counter() - t0
         tokens += n
-        va_loss, va_acc, _ = run_epoch(net, valid_seqs, valid_y, valid_batches, device)
+        va_loss, va_acc, _ = run_epoch(net, valid_seqs, valid_y, valid_batches, device, precision=params.precision)
         row = {"epoch": epoch + 1, "train_loss": tr_loss, "train_acc": tr_acc, "valid_loss": va_loss, "valid_acc": va_acc}
         state["history"].append(row)
         # valid_acc keeps improving for an epoch or two after valid_loss turns up (the model grows
@@ -171,6 +183,7 @@ def main(argv: list[str] | None = None) -> None:
     threads, device = training.setup(params, "train", distributed.local_world())
     device = distributed.init(device)
     vocab_size = len(data.read_vocab(paths.VOCAB_FILE))
+    names = read_labels(paths.VOCAB_LABELS)
     vectors = np.load(paths.VOCAB_VECTORS) if paths.VOCAB_VECTORS.is_file() else None
     train, valid = load_data(params, "train"), load_data(params, "valid")
     lm = None
@@ -180,13 +193,15 @@ def main(argv: list[str] | None = None) -> None:
 
     # Rank 0 alone writes curves, metrics and weights; all ranks hold the same all-reduced numbers.
     with training.curves(out.live, curve_metrics, enabled=distributed.is_main()) as log:
-        result = fit(params, vocab_size, train, valid, device, out.resume if params.resume else None, vectors, log, lm)
+        result = fit(params, vocab_size, train, valid, device, out.resume if params.resume else None, vectors, log, lm,
+                     len(names))
     distributed.report(out.stage)
     if not distributed.is_main():
         return
 
     best = result["history"][result["best_epoch"] - 1]
-    training.finish(out, result["model"], result["best"], {"max_len": params.max_len, "head_fraction": params.head_fraction},
+    training.finish(out, result["model"], result["best"],
+                    {"max_len": params.max_len, "head_fraction": params.head_fraction, "labels": names},
                     {"best_epoch": result["best_epoch"], "epochs_run": result["epoch"],
                      **{k: round(best[k], 6) for k in ("valid_loss", "valid_acc", "train_loss", "train_acc")},
                      "padded_fraction": round(result["padded_fraction"], 4)},

@@ -75,15 +75,16 @@ def detach(state):
 
 
 @torch.no_grad()
-def nll(model: LanguageModel, stream: np.ndarray, batch_size: int, bptt: int, device: torch.device) -> tuple[float, int]:
+def nll(model: LanguageModel, stream: np.ndarray, batch_size: int, bptt: int, device: torch.device,
+        precision: str = "auto") -> tuple[float, int]:
     """Summed negative log-likelihood of the stream's tokens (except <bos>) and their count."""
     model.eval()
     x, y = batchify(stream, batch_size)
     total, count, state = 0.0, 0, None
     for i in range(0, x.size(1), bptt):
-        with autocast(device):
+        with autocast(device, precision):
             features, state = model(x[:, i : i + bptt].to(device), state)
-        loss, k = model.loss(features, y[:, i : i + bptt].to(device))
+            loss, k = model.loss(features, y[:, i : i + bptt].to(device))
         total += float(loss)
         count += k
     return total, count
@@ -118,7 +119,7 @@ def fit_lm(params: TrainLMParams, vocab_size: int, train: np.ndarray, valid: np.
 
     model = build_lm(params, vocab_size).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
-    scaler = training.grad_scaler(device)
+    scaler = training.grad_scaler(device, params.precision)
 
     resume = training.Resume(resume_path, training.signature(params, vocab_size=vocab_size, n_train=len(train)), "train_lm")
     state = resume.restore(device, log, model=model, optimizer=optimizer)
@@ -134,7 +135,7 @@ def fit_lm(params: TrainLMParams, vocab_size: int, train: np.ndarray, valid: np.
 
     def check(epoch: float) -> None:
         """Valid perplexity: a history row, and the best weights so far."""
-        va_total, va_count = nll(model, valid, params.eval_batch_size, params.bptt, device)
+        va_total, va_count = nll(model, valid, params.eval_batch_size, params.bptt, device, params.precision)
         row = {"step": state["global_step"], "epoch": round(epoch, 4),
                "train_ppl": perplexity(state["loss_sum"], state["loss_count"]),
                "valid_ppl": perplexity(va_total, va_count), "minutes": elapsed() / 60}
@@ -165,9 +166,9 @@ def fit_lm(params: TrainLMParams, vocab_size: int, train: np.ndarray, valid: np.
             lr = params.lr * lr_at(state["global_step"]) * length / params.bptt  # longer windows, larger steps
             for g in optimizer.param_groups:
                 g["lr"] = lr
-            with autocast(device):
+            with autocast(device, params.precision):
                 features, hidden = model(x[:, start : start + length].to(device, non_blocking=True), hidden)
-            loss, count = model.loss(features, y[:, start : start + length].to(device, non_blocking=True))
+                loss, count = model.loss(features, y[:, start : start + length].to(device, non_blocking=True))
             hidden = detach(hidden)
             training.step(loss / max(count, 1), optimizer, model.parameters(), params.clip, scaler)
             state["loss_sum"] += loss.item()

@@ -31,17 +31,20 @@ def setup(params, section: str, share: int = 1) -> tuple[int, torch.device]:
     return threads, torch.device("cuda" if use_cuda else "cpu")
 
 
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA where supported, else fp16 (with a grad scaler); off on CPU."""
+def autocast(device: torch.device, precision: str = "auto"):
+    """Mixed precision of the forward pass. auto: bf16 on CUDA where supported, else fp16 (with a
+    grad scaler); fp32 on CPU. bf16: bf16 autocast on either. fp32: off."""
+    if precision == "fp32":
+        return torch.autocast(device.type, enabled=False)
     if device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        dtype = torch.bfloat16 if precision == "bf16" or torch.cuda.is_bf16_supported() else torch.float16
         return torch.autocast("cuda", dtype=dtype)
-    return torch.autocast("cpu", enabled=False)
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
-def grad_scaler(device: torch.device) -> torch.amp.GradScaler | None:
+def grad_scaler(device: torch.device, precision: str = "auto") -> torch.amp.GradScaler | None:
     """fp16 needs its loss scaled so small gradients survive; bf16 and fp32 do not."""
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+    if device.type == "cuda" and precision == "auto" and not torch.cuda.is_bf16_supported():
         return torch.amp.GradScaler("cuda")
     return None
 

@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline import paths
+from pipeline.labels import read_labels, write_labels
 from pipeline.common import PipelineError, atomic_dir, progress, run_main, write_json
 from pipeline.data import PAD_ID, SPECIALS, UNK_ID, write_vocab
 from pipeline.params import load_params
@@ -247,6 +248,7 @@ def main() -> None:
         raise PipelineError(f"{TOKENS_DIR}/train.parquet not found (run the tokenize stage first)")
     if params.use_unsup and "unsup" not in splits:
         raise PipelineError("vocab.use_unsup needs the unlabelled split: set tokenize.unsup: true")
+    labels = read_labels(paths.TOKENS_LABELS)
     counted = ["train", "unsup"] if params.use_unsup else ["train"]
     counts = count_files([TOKENS_DIR / f"{s}.parquet" for s in counted])
     vocab = build_vocab(counts, params.max_size, params.min_freq)
@@ -261,6 +263,7 @@ def main() -> None:
     }
     with atomic_dir(OUT_DIR) as tmp:
         write_vocab(tmp / "vocab.tsv", vocab)
+        write_labels(tmp / paths.VOCAB_LABELS.name, labels)
         if vectors is not None:
             matrix, vstats = read_vectors(vectors, itos)
             found = vstats.pop("_found_ids")

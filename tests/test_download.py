@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from conftest import SAMPLE, make_repo, run
+from pipeline.common import PipelineError
 from flaky_server import FlakyServer
 
 LAYOUT = ["aclImdb/train/pos", "aclImdb/train/neg", "aclImdb/train/unsup", "aclImdb/test/pos", "aclImdb/test/neg"]
@@ -351,8 +352,8 @@ def test_the_table_keeps_every_review_in_order_and_counts_bad_utf8(tmp_path):
         ("aclImdb/train/unsup/3_0.txt", b"unlabelled"), ("aclImdb/train/unsup/notes.md", b"skipped"),
         ("aclImdb/test/pos/1_7.txt", b"p"), ("aclImdb/test/neg/2_1.txt", b"n"),
     ]))
-    table, counts = R.read_aclimdb(archive)
-    assert table.schema.equals(R.SCHEMA)
+    table, names, counts = R.read_aclimdb(archive)
+    assert table.schema.equals(R.SCHEMA) and names == ["neg", "pos"]
     assert table.to_pydict() == {
         "id": ["train/pos/9_8", "train/pos/10_9", "train/neg/0_2", "train/unsup/3_0", "test/pos/1_7", "test/neg/2_1"],
         "split": ["train", "train", "train", "unsup", "test", "test"],
@@ -362,6 +363,11 @@ def test_the_table_keeps_every_review_in_order_and_counts_bad_utf8(tmp_path):
     }
     assert counts == {"files": 8, "bad_utf8": 1, "reviews": {
         "train/pos": 2, "train/neg": 1, "train/unsup": 1, "test/pos": 1, "test/neg": 1}}
+    # The ratings as the classes: the stars found, in numeric order; unlabelled reviews stay unlabelled.
+    table, names, _ = R.read_aclimdb(archive, "rating")
+    assert names == ["1", "2", "7", "8", "9"] and table["label"].to_pylist() == [3, 4, 1, None, 2, 0]
+    with pytest.raises(PipelineError, match=r"download.label_column must be one of \['label', 'rating'\]"):
+        R.read_aclimdb(archive, "stars")
 
 
 def test_a_review_past_the_size_limit_is_refused_before_it_is_read(proj, server, monkeypatch):

@@ -35,6 +35,8 @@ def check(result: list[dict], texts: list[str]) -> None:
         assert r["label"] in ("pos", "neg")
         assert 0.0 <= r["probability"] <= 1.0
         assert (r["label"] == "pos") == (r["probability"] >= 0.5)
+        assert r["probabilities"]["pos"] == r["probability"]  # two classes: probability is class 1's, as before
+        assert abs(r["probabilities"]["neg"] + r["probability"] - 1) < 2e-6
 
 
 def test_texts_as_arguments(trained):
@@ -106,7 +108,7 @@ def test_a_bad_batch_size_is_one_line_before_any_work(trained, size):
 def test_blank_lines_are_skipped_and_said_so_binary_files_refused(trained, tmp_path):
     p = predict(trained, input="Great film\n\n   \nAwful.\n")
     assert [r["text"] for r in rows(p.stdout)] == ["Great film", "Awful."]
-    assert p.stderr == "imdb-predict: 2 blank inputs skipped\n"
+    assert p.stderr == "text-predict: 2 blank inputs skipped\n"
     binary = tmp_path / "reviews.txt"
     binary.write_bytes(bytes(range(256)) * 40)
     one_error_line(predict(trained, "--file", str(binary), check=False), r"holds NUL bytes: a binary file, not text")

@@ -41,6 +41,10 @@ def test_report_names_every_metric_and_links_every_plot(built):
     for name in ["evaluate", "evaluate_from_lm", "baseline"]:
         metrics = json.loads((built / f"metrics/{name}.json").read_text())
         for key in metrics:
+            if key == "per_class":  # a table of its own: one row per class
+                for name_, figures in metrics[key].items():
+                    assert f"| {name_} | {markup.fmt(figures['precision'])} | {markup.fmt(figures['recall'])} |" in md
+                continue
             assert f"| {key} |" in md, key
             assert f"<td>{key}</td>" in page, key
     links = linked_plots(md)
@@ -107,7 +111,7 @@ def test_charts_are_well_formed_reproducible_svg():
     assert "Date" not in svg and "<metadata" not in svg and not svg.startswith("<?xml")
     one = charts.line_chart("one epoch", {"train": [(1, 0.5)]}, "epoch", "acc")
     assert "train" not in {t.text for t in ET.fromstring(one).iter("{http://www.w3.org/2000/svg}text")}  # no legend for one
-    conf = ET.fromstring(charts.confusion_chart("c", [[10, 2], [3, 12]]))
+    conf = ET.fromstring(charts.confusion_chart("c", [[10, 2], [3, 12]], ["neg", "pos"]))
     cells = [t.text for t in conf.iter("{http://www.w3.org/2000/svg}text")]
     assert ["10", "83.3%", "2", "16.7%", "3", "20.0%", "12", "80.0%"] == [c for c in cells if c[0].isdigit()]
     bars = charts.bar_chart("b", {"A": [("0-99", 0.8, 10), ("100+", 0.7, 5)], "B": [("0-99", 0.85, 10)]}, "accuracy")
@@ -123,7 +127,10 @@ def test_side_by_side_puts_shared_names_first_and_dashes_the_missing():
 def test_small_helpers(tmp_path, monkeypatch):
     assert markup.truncate("one two three four", 12) == "one two …"
     assert markup.truncate("short", 12) == "short"
-    assert report.confusion_counts([{"actual": 0, "predicted": 1}, {"actual": 1, "predicted": 1}]) == [[0, 1], [0, 1]]
+    rows = [{"actual": "neg", "predicted": "pos"}, {"actual": "pos", "predicted": "pos"}, {"actual": "mid", "predicted": "neg"}]
+    names = report.label_names(rows, {"per_class": {"neg": {}, "mid": {}, "pos": {}}})
+    assert names == ["neg", "mid", "pos"]  # the label map's order, which evaluate's per-class metrics keep
+    assert report.confusion_counts(rows, names) == [[0, 0, 1], [1, 0, 0], [0, 0, 1]]
     assert markup.fmt(1e-5) == "1e-05" and markup.fmt(2000) == "2000" and markup.fmt(None) == "—"
     assert markup.md_cell("a|b <br> roc_auc *x*") == "a\\|b \\<br\\> roc_auc \\*x\\*"
     monkeypatch.chdir(tmp_path)
@@ -150,7 +157,7 @@ def test_previous_metrics_without_git_history(tmp_path, monkeypatch):
 def minimal_inputs(**extra) -> dict:
     models = {"LSTM from scratch": {"accuracy": 0.7}, "LSTM from the LM": None, "TF-IDF + LR": {"accuracy": 0.85},
               "Language model": None}
-    return {"models": models, "commit": None, "mistakes": [{"id": "t/1", "label": 0, "p_positive": 0.99,
+    return {"models": models, "commit": None, "mistakes": [{"id": "t/1", "label": "neg", "predicted": "pos", "probability": 0.99,
                                                             "text": "<script>alert(1)</script> | a very long review " * 5}], **extra}
 
 

@@ -124,6 +124,7 @@ def write_raw(root: Path, reviews: list[tuple[str, str]]) -> None:
                      "rating": int(stem.split("_")[1]), "label": {"pos": 1, "neg": 0}.get(folder), "text": text})
     (root / "data/raw").mkdir(parents=True, exist_ok=True)
     R.write(pa.Table.from_pylist(rows, schema=R.SCHEMA), root / "data/raw/reviews.parquet")
+    (root / "data/raw/labels.json").write_text('["neg", "pos"]\n')
 
 
 def stage_dir(tmp_path, extra=(), **tokenize):
@@ -173,6 +174,7 @@ def test_unlabelled_split_only_when_asked(tmp_path, monkeypatch):
     valid = pq.read_table(root / "data/tokens/valid.parquet")
     assert (train.num_rows, valid.num_rows) == (8, 2)  # stratified: one of each label to valid
     assert sorted(valid["label"].to_pylist()) == [0, 1]
+    assert json.loads((root / "data/tokens/labels.json").read_text()) == ["neg", "pos"]  # the label map travels along
 
 
 def test_missing_raw_table_is_a_one_line_error(tmp_path, monkeypatch):

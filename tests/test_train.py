@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from pipeline import data
+from pipeline import model as model_module
 from pipeline.model import Classifier, reverse_padded
 from pipeline.params import load_params
 from pipeline.train import fit
@@ -139,3 +140,43 @@ def test_curves_of_a_resumed_run_equal_an_uninterrupted_runs_and_a_failed_run_ke
     a, b = files(tmp_path / "a"), files(tmp_path / "b")
     assert a == b and len(a["plots/metrics/valid/acc.tsv"].splitlines()) == 1 + 3  # header + each epoch once
     assert not (tmp_path / "logs/b").exists()  # the staging folder is gone
+
+
+def test_reversal_gradient_is_the_reversal_and_dropout_keeps_the_expected_scale():
+    x = torch.randn(3, 6, 4, dtype=torch.float64, requires_grad=True)
+    lengths = torch.tensor([6, 2, 0])
+    torch.autograd.gradcheck(lambda t: reverse_padded(t, lengths), (x,))  # the gather-only backward is exact
+    drop = model_module.Dropout(0.25).train()
+    torch.manual_seed(0)
+    y = drop(torch.ones(200, 500))
+    assert torch.unique(y).tolist() == [0.0, pytest.approx(1 / 0.75)]
+    assert abs(float((y == 0).float().mean()) - 0.25) < 0.01 and abs(float(y.mean()) - 1.0) < 0.01
+    assert torch.equal(drop.eval()(x), x)
+
+
+def test_bf16_autocast_trains_on_cpu_and_auto_is_fp32_there():
+    from toys import toy_params
+
+    train, valid = toy_data(96, 0), toy_data(32, 1)
+    runs = {p: fit(toy_params(epochs=2, precision=p), 40, train, valid, torch.device("cpu")) for p in ("auto", "fp32", "bf16")}
+    same = [torch.equal(a, b) for a, b in zip(runs["auto"]["best"].values(), runs["fp32"]["best"].values())]
+    assert all(same)  # on CPU, auto is fp32: the same bytes
+    assert any(not torch.equal(a, b) for a, b in zip(runs["bf16"]["best"].values(), runs["fp32"]["best"].values()))
+    assert all(np.isfinite(row["train_loss"]) for row in runs["bf16"]["history"])
+    assert all(v.dtype == torch.float32 for v in runs["bf16"]["best"].values())  # weights stay fp32 under autocast
+
+
+def test_three_classes_train_a_softmax_head_that_learns():
+    from toys import toy_params
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 300)
+    seqs = []
+    for y in labels:  # class k holds token 5 + k somewhere
+        s = rng.integers(8, 40, rng.integers(3, 20))
+        s[rng.integers(len(s))] = 5 + y
+        seqs.append(s)
+    result = fit(toy_params(epochs=6, patience=6), 40, (seqs[:240], labels[:240]), (seqs[240:], labels[240:]),
+                 torch.device("cpu"), classes=3)
+    assert result["model"].out.out_features == 3
+    assert result["history"][result["best_epoch"] - 1]["valid_acc"] > 0.8  # chance is 1/3

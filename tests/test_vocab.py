@@ -131,12 +131,14 @@ def test_stage_writes_encoded_splits_vectors_and_metrics(tmp_path, monkeypatch):
             schema=TK.SCHEMA,
         )
         pq.write_table(table, tmp_path / f"data/tokens/{split}.parquet")
+    (tmp_path / "data/tokens/labels.json").write_text('["bad", "good", "ok"]\n')
     (tmp_path / "data/vectors").mkdir(parents=True)
     (tmp_path / "data/vectors/tiny.txt").write_text("movie 1 2\nplot 3 4\nzebra 5 6\n")
     monkeypatch.chdir(tmp_path)
     V.main()
 
     assert data.read_vocab(tmp_path / "data/vocab/vocab.tsv") == SPECIALS + ["a", "good", "movie", "plot"]
+    assert json.loads((tmp_path / "data/vocab/labels.json").read_text()) == ["bad", "good", "ok"]
     test = pq.read_table(tmp_path / "data/vocab/test.parquet")
     assert test.schema.equals(V.ENCODED_SCHEMA)
     assert test["ids"].to_pylist() == [[4, 1, 6]]
