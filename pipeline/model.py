@@ -72,7 +72,7 @@ class Classifier(nn.Module):
             bidirectional=bidirectional, dropout=dropout, classes=classes,
         )
         self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=0)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         dirs = 2 if bidirectional else 1
         sizes = [embed_dim] + [hidden * dirs] * (layers - 1)
         # One single-layer LSTM per layer and direction, so each backward pass sees only real tokens.
