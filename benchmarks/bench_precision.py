@@ -44,7 +44,7 @@ def classifier(vocab_dir: Path, epochs: int, precision: str) -> dict:
     model.load_state_dict(result["best"])
     model.eval()
     test_seqs, test_y = split("test")
-    metrics = scoring.binary_metrics(test_y, predict_proba(model, test_seqs, 256))
+    metrics = scoring.binary_metrics(test_y, predict_proba(model, test_seqs, 256)[:, 1])
     return {"model": "classifier", "precision": precision, "epochs": epochs,
             "tokens_per_s": round(result["tokens"] / result["seconds"]), "seconds": round(result["seconds"], 1),
             "valid_acc": round(result["history"][result["best_epoch"] - 1]["valid_acc"], 4),

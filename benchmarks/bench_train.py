@@ -32,6 +32,7 @@ class BareLSTM(nn.Module):
 
     def __init__(self, vocab, embed, hidden, layers, bidirectional):
         super().__init__()
+        self.config = {"classes": 2}  # what run_epoch reads to pick the loss
         self.embedding = nn.Embedding(vocab, embed, padding_idx=0)
         self.lstm = nn.LSTM(embed, hidden, layers, batch_first=True, bidirectional=bidirectional)
         self.out = nn.Linear(hidden * (2 if bidirectional else 1), 1)

@@ -15,6 +15,7 @@ import yaml
 
 from pipeline import charts, history, paths
 from pipeline.common import PipelineError, atomic_dir, atomic_file, run_main
+from pipeline.labels import label_order
 from pipeline.markup import diff_rows, fmt, side_by_side, to_html, to_markdown, truncate
 from pipeline.params import PARAMS_FILE, load_params
 
@@ -75,10 +76,10 @@ def read_tsv_series(path: Path) -> list[tuple[float, float]]:
 
 
 def label_names(rows: list[dict], metrics: dict | None) -> list[str]:
-    """The classes in label-map order: evaluate's per-class metrics keep it; else as first seen."""
+    """The classes in label-map order (ratings 1 < 2 < 10), from evaluate's per-class metrics and the rows."""
     names = list((metrics or {}).get("per_class") or {})
     seen = dict.fromkeys(str(r[k]) for r in rows for k in ("actual", "predicted"))
-    return names + [n for n in seen if n not in names]
+    return label_order(names + [n for n in seen if n not in names])  # metrics JSON sorts its keys as strings
 
 
 def confusion_counts(rows: list[dict], names: list[str]) -> list[list[int]]:

@@ -129,8 +129,9 @@ def test_small_helpers(tmp_path, monkeypatch):
     assert markup.truncate("short", 12) == "short"
     rows = [{"actual": "neg", "predicted": "pos"}, {"actual": "pos", "predicted": "pos"}, {"actual": "mid", "predicted": "neg"}]
     names = report.label_names(rows, {"per_class": {"neg": {}, "mid": {}, "pos": {}}})
-    assert names == ["neg", "mid", "pos"]  # the label map's order, which evaluate's per-class metrics keep
-    assert report.confusion_counts(rows, names) == [[0, 0, 1], [1, 0, 0], [0, 0, 1]]
+    assert names == ["mid", "neg", "pos"]  # the label map's order
+    assert report.confusion_counts(rows, names) == [[0, 1, 0], [0, 0, 1], [0, 0, 1]]
+    assert report.label_names([{"actual": "2", "predicted": "10"}], {"per_class": {"1": {}, "10": {}, "2": {}}}) == ["1", "2", "10"]
     assert markup.fmt(1e-5) == "1e-05" and markup.fmt(2000) == "2000" and markup.fmt(None) == "—"
     assert markup.md_cell("a|b <br> roc_auc *x*") == "a\\|b \\<br\\> roc_auc \\*x\\*"
     monkeypatch.chdir(tmp_path)
