@@ -97,7 +97,7 @@ def stage(proj: Path, **kw):
 def assert_ok(p, proj: Path) -> dict:
     assert p.returncode == 0, p.stderr
     assert p.stderr == ""
-    assert list((proj / "data/raw").iterdir()) == [proj / "data/raw/reviews.parquet"]  # one file, no temporaries
+    assert sorted((proj / "data/raw").iterdir()) == [proj / "data/raw/labels.json", proj / "data/raw/reviews.parquet"]  # the table and its label map, no temporaries
     table = pq.read_table(proj / "data/raw/reviews.parquet")
     for d in LAYOUT:
         assert any(i.startswith(d.removeprefix("aclImdb/")) for i in table["id"].to_pylist()), d
@@ -385,7 +385,7 @@ def test_a_workspace_with_the_old_extracted_tree_just_reruns(proj):
     old.mkdir(parents=True)
     (old / "0_9.txt").write_text("an old extracted review")
     run(["dvc", "repro", "download"], proj)
-    assert list((proj / "data/raw").iterdir()) == [proj / "data/raw/reviews.parquet"]
+    assert sorted((proj / "data/raw").iterdir()) == [proj / "data/raw/labels.json", proj / "data/raw/reviews.parquet"]
     assert "Data and pipelines are up to date" in run(["dvc", "status", "download"], proj).stdout
 
 
