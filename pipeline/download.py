@@ -364,10 +364,13 @@ def main() -> None:
     else:
         table, names, counts = read_tables(params, name, path, fmt)
     try:
-        with atomic_file(RAW) as tmp:
-            raw.write(table, tmp)
+        # The table and its label map are a pair: the old table goes first and the new one lands
+        # last, so a run killed in between leaves no table rather than one with the wrong labels.
+        RAW.unlink(missing_ok=True)
         with atomic_file(paths.RAW_LABELS) as tmp:
             labels.write_labels(tmp, names)
+        with atomic_file(RAW) as tmp:
+            raw.write(table, tmp)
     except OSError as e:
         if e.errno in NO_SPACE:
             raise PipelineError(f"no space left writing {RAW}: {e.strerror} (disk full?)") from None

@@ -28,7 +28,8 @@ def numeric(names: list[str]) -> bool:
 
 
 def label_map(train: list[str], test: list[str], name: str) -> list[str]:
-    """The label names in their fixed order; at least two in the training rows, at most MAX_CLASSES."""
+    """The label names in their fixed order: at least two in the training rows, at most MAX_CLASSES,
+    some test rows, and no class that only the test rows have."""
     names = label_order(set(train) | set(test))
     if len(set(train)) < 2:
         only = f" ({next(iter(set(train)))!r})" if train else ""
@@ -36,6 +37,13 @@ def label_map(train: list[str], test: list[str], name: str) -> list[str]:
                             f"a classifier needs at least two")
     if len(names) > MAX_CLASSES:
         raise PipelineError(f"{name} has {len(names)} distinct labels (at most {MAX_CLASSES}); is download.label_column the label?")
+    if not test:
+        raise PipelineError(f"{name}: no test rows (an empty download.test_source, or download.test_fraction too small "
+                            f"to hold out a row)")
+    unseen = label_order(set(test) - set(train))
+    if unseen:
+        raise PipelineError(f"{name}: label {unseen[0]!r} is in the test rows only ({len(unseen)} such); "
+                            f"the classifier cannot learn a class it never sees in training")
     return names
 
 

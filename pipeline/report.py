@@ -195,8 +195,14 @@ def test_section(inputs: dict) -> tuple[list[tuple], dict[str, str]]:
             blocks.append(("table", ["class", "precision", "recall", "F1", "test reviews"],
                            [[c, fmt(v.get("precision")), fmt(v.get("recall")), fmt(v.get("f1")), fmt(v.get("support"))]
                             for c, v in per_class.items()]))
-    roc = {f"{name} (AUC {fmt((models.get(name) or {}).get('roc_auc'), 3)})": [(r["fpr"], r["tpr"]) for r in t["roc"]]
-           for name, t in tests.items() if t.get("roc")}
+    def roc_legend(name: str, t: dict) -> str:
+        auc = fmt((models.get(name) or {}).get("roc_auc"), 3)
+        if len(label_names(t["confusion"], models.get(name))) == 2:
+            return f"{name} (AUC {auc})"
+        # K classes: the curve pools every (review, class) pair, the metric averages K one-vs-rest AUCs.
+        return f"{name} (micro-average curve; one-vs-rest macro AUC {auc})"
+
+    roc = {roc_legend(name, t): [(r["fpr"], r["tpr"]) for r in t["roc"]] for name, t in tests.items() if t.get("roc")}
     if roc:
         svgs["roc.svg"] = charts.line_chart("ROC curve", roc, "false positive rate", "true positive rate", (0, 1), (0, 1),
                                             diagonal=True)

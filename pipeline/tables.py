@@ -10,12 +10,12 @@ import csv
 import io
 import json
 import math
+import re
 from pathlib import Path
 
 import pyarrow as pa
 
 from pipeline.common import PipelineError
-from pipeline.labels import INT
 from pipeline.raw import MAX_REVIEW_BYTES, MAX_TOTAL_BYTES, decompress
 from pipeline.text import decode
 
@@ -71,24 +71,33 @@ def _read_csv(data: bytes, name: str, columns: list[str], delimiter: str) -> dic
     later, each bad byte replaced and counted, instead of failing the whole file."""
     import pyarrow.csv as pacsv
 
-    if data.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte order mark (Excel's CSV export)
-        data = data[3:]
-    first = next(csv.reader(io.StringIO(data[:1 << 16].decode("utf-8", "replace")), delimiter=delimiter), None)
+    data = _strip_bom(data)
+    tsv = delimiter == "\t"
+    # TSV files (GLUE, Kaggle dumps) are not quoted: a text that starts with " must not swallow rows.
+    header = csv.reader(io.StringIO(data[:1 << 16].decode("utf-8", "replace")), delimiter=delimiter,
+                        quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL)
+    first = next(header, None)
     if not first:
         raise PipelineError(f"{name} holds no rows")
     _missing(name, columns, first)
     try:
         table = pacsv.read_csv(
             pa.BufferReader(data),
-            parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
+            parse_options=pacsv.ParseOptions(delimiter=delimiter, quote_char=False if tsv else '"', newlines_in_values=not tsv),
             convert_options=pacsv.ConvertOptions(include_columns=columns, column_types={c: pa.binary() for c in columns}),
         )
     except pa.ArrowException as e:
-        raise PipelineError(f"{name} is not a readable {'TSV' if delimiter == chr(9) else 'CSV'} file ({_one_line(e)})") from None
+        raise PipelineError(f"{name} is not a readable {'TSV' if tsv else 'CSV'} file ({_one_line(e)})") from None
     return {c: table[c].to_pylist() for c in columns}
 
 
+def _strip_bom(data: bytes) -> bytes:
+    """Without the UTF-8 byte order mark that Excel and Notepad write, which would end up in the first column's name."""
+    return data[3:] if data.startswith(b"\xef\xbb\xbf") else data
+
+
 def _read_jsonl(data: bytes, name: str, columns: list[str]) -> dict[str, list]:
+    data = _strip_bom(data)
     out: dict[str, list] = {c: [] for c in columns}
     seen: set[str] = set()
     for number, line in enumerate(data.split(b"\n"), 1):
@@ -110,8 +119,14 @@ def _read_jsonl(data: bytes, name: str, columns: list[str]) -> dict[str, list]:
     return out
 
 
+# pandas' default missing-value strings, so a table exported from a DataFrame keeps its gaps as gaps.
+MISSING = {"", "na", "n/a", "#n/a", "nan", "-nan", "null", "none", "<na>"}
+WHOLE = re.compile(r"^[+-]?\d+(\.0*)?$")
+
+
 def label_key(value) -> str | None:
-    """A label as the string it is known by; None when missing (null, NaN, blank)."""
+    """A label as the string it is known by; None when missing (null, NaN, blank, "NA", ...).
+    The same label reads the same from every format: 7, "07", 7.0 and "7.0" are "7"; True and "TRUE" are "true"."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
     if isinstance(value, bytes):
@@ -121,9 +136,13 @@ def label_key(value) -> str | None:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     text = str(value).strip()
-    if INT.match(text):
-        text = str(int(text))  # "07" and 7 are one label
-    return text or None
+    if text.lower() in MISSING:
+        return None
+    if WHOLE.match(text):
+        return str(int(text.split(".")[0]))
+    if text.lower() in ("true", "false"):
+        return text.lower()
+    return text
 
 
 def clean_rows(texts: list, labels: list | None, name: str) -> tuple[list[int], list[str], list[str | None], dict]:

@@ -3,8 +3,8 @@
 Schema of data/tokens/{train,valid,test,unsup}.parquet (zstd level 1, one row group per
 tokenize.chunk_size reviews; unsup only with tokenize.unsup):
     id        string          e.g. "train/pos/10_9" (the review's path in the archive; unique)
-    rating    int8            the star rating from the file name (0 for unlabelled)
-    label     int8, nullable  1 positive, 0 negative, null for unlabelled
+    rating    int8            the star rating from an aclImdb file name (0 for unlabelled and table sources)
+    label     int8, nullable  the class's index in data/tokens/labels.json, null for unlabelled
     n_tokens  int32           number of tokens (0 for an empty review)
     tokens    list<string>    spaCy tokens of the cleaned, cut review; lowercased with tokenize.lowercase
 Rows keep the order of data/raw/reviews.parquet (pos then neg, each by numeric id; valid is a

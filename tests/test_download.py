@@ -206,7 +206,7 @@ def test_wrong_checksum_of_a_local_file_keeps_the_file(proj, tmp_path):
     [
         (TINY[: len(TINY) // 2], r"^error: tiny\.tar\.gz is truncated or corrupt \("),
         (b"<html>Not an archive</html>\n" * 50, r"^error: tiny\.tar\.gz is not a gzip or tar archive$"),
-        (make_tar([(f"aclImdb/train/pos/0_7.txt", b"ok")]), "missing aclImdb/train/neg, aclImdb/train/unsup, aclImdb/test/pos, aclImdb/test/neg$"),
+        (make_tar([("aclImdb/train/pos/0_7.txt", b"ok")]), "missing aclImdb/train/neg, aclImdb/train/unsup, aclImdb/test/pos, aclImdb/test/neg$"),
     ],
     ids=["truncated-gzip", "not-a-tar", "wrong-layout"],
 )

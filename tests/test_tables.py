@@ -94,6 +94,24 @@ def test_a_bad_jsonl_line_is_named(tmp_path):
         tables.read_columns(path, "jsonl", ["text", "label"])
 
 
+def test_tsv_is_read_unquoted_and_jsonl_without_its_bom(tmp_path):
+    tsv = tmp_path / "t.tsv"
+    tsv.write_bytes(b'sentence\tlabel\n"quoted start, no end\t1\nnext row\t0\nit\'s "fine"\t1\n')
+    cols = tables.read_columns(tsv, "tsv", ["sentence", "label"])
+    assert cols["sentence"] == [b'"quoted start, no end', b"next row", b'it\'s "fine"'] and len(cols["label"]) == 3
+    jl = tmp_path / "t.jsonl"
+    jl.write_bytes(b'\xef\xbb\xbf{"text": "a", "label": 1}\n{"text": "b", "label": 2}\n')
+    assert tables.read_columns(jl, "jsonl", ["text", "label"])["label"] == [1, 2]
+
+
+def test_a_csv_row_at_the_text_limit_reads_across_arrow_blocks(tmp_path):
+    long = b"word\n" * (tables.MAX_REVIEW_BYTES // 5)  # Arrow reads CSV in 1 MiB blocks; this row straddles two
+    path = tmp_path / "t.csv"
+    path.write_bytes(b"text,label\n" + b"short,b\n" * 50_000 + b'"' + long + b'",a\nlast,b\n')
+    cols = tables.read_columns(path, "csv", ["text", "label"])
+    assert len(cols["text"]) == 50_002 and cols["text"][-2] == long and cols["label"][-3:] == [b"b", b"a", b"b"]
+
+
 def test_formats_by_name():
     assert [tables.table_format(n) for n in ("a.csv", "a.CSV.gz", "x/a.tsv", "a.jsonl", "a.ndjson.gz", "a.parquet",
                                              "a.tar.gz", "https://h/a.csv?x=1")] == \
@@ -108,6 +126,9 @@ def test_label_order_is_numeric_for_integers_and_by_string_otherwise():
     assert labels.label_order({"b", "a", "10"}) == ["10", "a", "b"]
     assert [tables.label_key(v) for v in (7, 7.0, "07", " x ", "", None, float("nan"), True, b"caf\xc3\xa9")] == \
         ["7", "7", "7", "x", None, None, None, "true", "café"]
+    # The same label from a CSV (strings), a JSONL (numbers, booleans) and a DataFrame export (NA markers).
+    assert [tables.label_key(v) for v in ("1.0", b"7.00", "+3", "TRUE", "False", "NA", "null", b"NaN", "N/A", "1.5")] == \
+        ["1", "7", "3", "true", "false", None, None, None, None, "1.5"]
 
 
 def test_one_class_only_or_too_many_is_one_error():
@@ -115,6 +136,14 @@ def test_one_class_only_or_too_many_is_one_error():
         labels.label_map(["a", "a"], ["a"], "t.csv")
     with pytest.raises(PipelineError, match="at most 127"):
         labels.label_map([str(i) for i in range(200)], [], "t.csv")
+
+
+def test_no_test_rows_or_a_class_only_in_test_is_one_error():
+    with pytest.raises(PipelineError, match="t.csv: no test rows"):
+        labels.label_map(["a", "b"], [], "t.csv")
+    with pytest.raises(PipelineError, match=r"t.csv: label 'c' is in the test rows only \(1 such\)"):
+        labels.label_map(["a", "b"], ["a", "c"], "t.csv")
+    assert labels.label_map(["b", "a", "c"], ["a"], "t.csv") == ["a", "b", "c"]
 
 
 def test_three_class_metrics_against_hand_counts():
