@@ -10,9 +10,14 @@ from typing import Callable
 
 import torch
 
+from pipeline.training import keep_freed_memory
 
-def machine() -> dict:
-    """CPU, ISA extensions that pick kernels, thread settings and load: what a figure depends on."""
+
+def machine(malloc: str = "kept") -> dict:
+    """CPU, ISA extensions that pick kernels, thread and allocator settings and load: what a figure
+    depends on. malloc "kept" sets glibc's malloc as the training stages do
+    (pipeline.training.keep_freed_memory); "default" leaves it."""
+    kept = malloc == "kept" and keep_freed_memory()
     model, flags = platform.processor(), set()
     try:
         for line in open("/proc/cpuinfo"):
@@ -26,7 +31,7 @@ def machine() -> dict:
     return {
         "cpu": model, "cores": os.cpu_count(), "torch": torch.__version__,
         "isa": sorted(flags & {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}),
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": torch.get_num_threads(), "malloc": "kept" if kept else "default",
         "env": {k: os.environ.get(k) for k in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "MKL_CBWR", "MKL_DYNAMIC")},
         "loadavg_before": [round(x, 2) for x in os.getloadavg()],
     }
