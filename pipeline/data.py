@@ -54,6 +54,14 @@ def truncate(seq: np.ndarray, max_len: int, head_fraction: float) -> np.ndarray:
     return np.concatenate([seq[:head], seq[len(seq) - tail :]]) if tail else seq[:head]
 
 
+def classifier_input(seq: np.ndarray, max_len: int, head_fraction: float, reverse: bool = False) -> np.ndarray:
+    """What a classifier reads of a review: its head and tail (truncate), last word first for a
+    classifier started from the backward language model. train, evaluate and predict all call
+    this with the checkpoint's settings, so a model sees a review the same way in each."""
+    seq = truncate(seq, max_len, head_fraction)
+    return seq[::-1] if reverse else seq
+
+
 def bucket_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator | None, pool: int = 50) -> list[np.ndarray]:
     """Batches of indices of similar length, so little of each batch is padding.
 

@@ -1,7 +1,9 @@
 """Stage evaluate: score the classifier on the test split; metrics, plots and its worst mistakes.
 
 With --from-lm it is stage evaluate_from_lm: the same for models/classifier_lm.pt, into its own
-files (metrics/evaluate_from_lm.json, plots/evaluate_from_lm/, reports/mistakes_from_lm.jsonl).
+files (metrics/evaluate_from_lm.json, plots/evaluate_from_lm/, reports/mistakes_from_lm.jsonl);
+--from-lm --backward: evaluate_from_lm_backward, the classifier started from the backward LM;
+--ensemble: evaluate_ensemble, those two classifiers' class probabilities averaged.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import numpy as np
 from pipeline import data, paths, scoring
 from pipeline.common import Parser, PipelineError, atomic_dir, atomic_file, run_main, torch_threads, write_json
 from pipeline.labels import numeric
-from pipeline.model import checkpoint_labels, load_classifier, predict_proba
+from pipeline.model import ensemble_proba, load_members
 from pipeline.params import load_params
 
 TOKENS = paths.TOKENS / "test.parquet"
@@ -64,17 +66,24 @@ def confident_mistakes(ids: list[str], texts: list[str], y: np.ndarray, probs: n
 def main(argv: list[str] | None = None) -> None:
     ap = Parser(prog="python -m pipeline.evaluate", description=__doc__.split("\n", 1)[0])
     ap.add_argument("--from-lm", action="store_true", help="stage evaluate_from_lm: the LM-initialised classifier")
+    ap.add_argument("--backward", action="store_true", help="with --from-lm: the classifier from the backward LM")
+    ap.add_argument("--ensemble", action="store_true", help="stage evaluate_ensemble: forward and backward averaged")
     args = ap.parse_args(argv)
-    out = paths.EVALUATE_FROM_LM if args.from_lm else paths.EVALUATE
+    if args.backward and not args.from_lm:
+        raise PipelineError("--backward scores the classifier from the backward language model: give --from-lm too")
+    if args.ensemble:
+        out = paths.EVALUATE_ENSEMBLE
+    elif args.from_lm:
+        out = paths.EVALUATE_FROM_LM_BACKWARD if args.backward else paths.EVALUATE_FROM_LM
+    else:
+        out = paths.EVALUATE
     params = load_params("evaluate")["evaluate"]
     torch_threads(0)
-    model, ckpt = load_classifier(out.model)
-    names = checkpoint_labels(ckpt, out.model)
+    members, names = load_members(out.models)
     seqs, y, ids = data.load_split(paths.VOCAB / "test.parquet")
     y = y.astype(np.int64)
     n_tokens = np.array([len(s) for s in seqs])
-    seqs = [data.truncate(s, ckpt["max_len"], ckpt["head_fraction"]) for s in seqs]
-    probs = predict_proba(model, seqs, params.batch_size)
+    probs = ensemble_proba(members, seqs, params.batch_size)
     metrics = scoring.classification_metrics(y, probs, names, numeric(names))
     metrics["reviews"] = len(y)
     import pyarrow.parquet as pq

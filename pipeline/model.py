@@ -1,4 +1,4 @@
-"""The sentiment classifier: Embedding -> (bi)LSTM -> masked max+mean pooling -> Linear."""
+"""The sentiment classifier: Embedding -> (bi)LSTM -> masked max+mean (+ last state) pooling -> Linear."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -65,12 +65,16 @@ class Classifier(nn.Module):
     """Two classes: one logit (of class 1) and a sigmoid; K > 2: K logits and a softmax."""
 
     def __init__(self, vocab_size: int, embed_dim: int, hidden: int, layers: int, bidirectional: bool, dropout: float,
-                 classes: int = 2):
+                 classes: int = 2, pooling: str = "maxmean"):
         super().__init__()
+        if pooling not in ("maxmean", "concat"):
+            raise ValueError(f"pooling must be maxmean or concat, got {pooling!r}")
         self.config = dict(
             vocab_size=vocab_size, embed_dim=embed_dim, hidden=hidden, layers=layers,
             bidirectional=bidirectional, dropout=dropout, classes=classes,
         )
+        if pooling != "maxmean":  # absent = maxmean: checkpoints from before the option keep their bytes and load
+            self.config["pooling"] = pooling
         self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=0)
         self.drop = Dropout(dropout)
         dirs = 2 if bidirectional else 1
@@ -78,7 +82,7 @@ class Classifier(nn.Module):
         # One single-layer LSTM per layer and direction, so each backward pass sees only real tokens.
         self.fwd = nn.ModuleList(nn.LSTM(n, hidden, batch_first=True) for n in sizes)
         self.bwd = nn.ModuleList(nn.LSTM(n, hidden, batch_first=True) for n in sizes) if bidirectional else None
-        self.out = nn.Linear(2 * hidden * dirs, 1 if classes == 2 else classes)
+        self.out = nn.Linear((3 if pooling == "concat" else 2) * hidden * dirs, 1 if classes == 2 else classes)
 
     def encode(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """(batch, time, features) states; positions past each length are garbage, to be masked."""
@@ -100,8 +104,22 @@ class Classifier(nn.Module):
         # An empty review has no valid state: its max is defined as 0 rather than -inf.
         mx = h.masked_fill(~mask, float("-inf")).amax(1)
         mx = torch.where(torch.isfinite(mx), mx, torch.zeros_like(mx))
-        logits = self.out(self.drop(torch.cat([mx, mean], dim=-1)))
+        pooled = [mx, mean]
+        if self.config.get("pooling") == "concat":
+            pooled.insert(0, self.last_state(h, lengths))
+        logits = self.out(self.drop(torch.cat(pooled, dim=-1)))
         return logits.squeeze(-1) if logits.size(-1) == 1 else logits
+
+
+    def last_state(self, h: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Each direction's state after reading the whole review: forward at the last real token,
+        backward at the first; zeros for an empty review."""
+        lengths = lengths.to(h.device)
+        last = h[torch.arange(h.size(0), device=h.device), (lengths.clamp(min=1) - 1)]
+        if self.bwd is not None:
+            k = self.config["hidden"]
+            last = torch.cat([last[:, :k], h[:, 0, k:]], dim=-1)
+        return last * (lengths > 0).unsqueeze(1).to(last.dtype)
 
 
 def build(config: dict) -> Classifier:
@@ -175,6 +193,28 @@ def predict_proba(model, seqs: list[np.ndarray], batch_size: int) -> np.ndarray:
         ids, lens = data.collate([seqs[i] for i in b])
         probs[b] = probabilities(model(ids, lens)).numpy()
     return probs
+
+
+def load_members(files: list[Path] | tuple[Path, ...] | list[str]) -> tuple[list[tuple[Classifier, dict]], list[str]]:
+    """One classifier, or several to average (an ensemble), and their class names, which must agree."""
+    files = [Path(f) for f in files]
+    members = [load_classifier(p) for p in files]
+    names = [checkpoint_labels(ckpt, p) for (_, ckpt), p in zip(members, files)]
+    sizes = {ckpt["config"]["vocab_size"] for _, ckpt in members}
+    for p, n in zip(files[1:], names[1:]):
+        if n != names[0]:
+            raise PipelineError(f"{p} was trained on the classes {n}, {files[0]} on {names[0]}: an ensemble needs the same classes")
+    if len(sizes) > 1:
+        raise PipelineError(f"{', '.join(map(str, files))} were trained on different vocabularies: an ensemble needs one")
+    return members, names[0]
+
+
+def ensemble_proba(members: list[tuple[Classifier, dict]], seqs: list[np.ndarray], batch_size: int) -> np.ndarray:
+    """(reviews, classes) probabilities of whole encoded reviews, the mean over the members; each
+    reads the reviews as it was trained to (its checkpoint's max_len, head_fraction, direction)."""
+    probs = [predict_proba(model, [data.classifier_input(s, ckpt["max_len"], ckpt["head_fraction"], ckpt.get("reverse", False))
+                                   for s in seqs], batch_size) for model, ckpt in members]
+    return probs[0] if len(probs) == 1 else np.mean(probs, axis=0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -329,5 +369,6 @@ def load_lm_init(path: Path, lr_mult: float, unfreeze_epoch: int) -> dict:
 
     _, ckpt = load_lm(path)
     return {"state_dict": ckpt["state_dict"], "config": ckpt["config"], "lr_mult": lr_mult,
-            "unfreeze_epoch": unfreeze_epoch, "digest": hashlib.sha256(path.read_bytes()).hexdigest()}
+            "unfreeze_epoch": unfreeze_epoch, "digest": hashlib.sha256(path.read_bytes()).hexdigest(),
+            "reverse": bool(ckpt.get("reverse", False))}
 

@@ -113,6 +113,7 @@ class TrainParams:
     layers: int = _f(min=1, max=8)
     bidirectional: bool = _f()
     dropout: float = _f(min=0, lt=1)
+    pooling: str = _f(choices=["maxmean", "concat"])  # readout: max + mean of the states; concat adds the last (ULMFiT)
     max_len: int = _f(min=8)  # tokens kept per review: head and tail
     head_fraction: float = _f(min=0, max=1)
     batch_size: int = _f(min=1)

@@ -1,7 +1,8 @@
 """Every artifact path of the pipeline, in one place: dvc.yaml names the same paths (a test keeps them equal).
 
-A stage with a variant (train and train_from_lm, evaluate and evaluate_from_lm) gets a small
-record of its outputs per variant; `dvc.yaml` picks the variant with a command-line flag.
+A stage with variants (train, train_from_lm, train_from_lm_backward; evaluate, evaluate_from_lm,
+...) gets a small record of its outputs per variant; `dvc.yaml` picks the variant with a
+command-line flag.
 """
 from __future__ import annotations
 
@@ -21,8 +22,9 @@ TOKENS_LABELS = TOKENS / "labels.json"  # the label map, passed along with the d
 VOCAB_FILE = VOCAB / "vocab.tsv"
 VOCAB_LABELS = VOCAB / "labels.json"
 VOCAB_VECTORS = VOCAB / "vectors.npy"  # written by vocab when vocab.vectors is set
-# language model
+# language models: left to right, and right to left (each review reversed)
 LM = Path("models/lm.pt")
+LM_BACKWARD = Path("models/lm_backward.pt")
 # generate
 SAMPLES = Path("reports/samples.md")
 SAMPLES_JSONL = Path("reports/samples.jsonl")  # the same samples for programs (report reads it)
@@ -65,10 +67,10 @@ class Trained:
 
 @dataclass(frozen=True)
 class Evaluated:
-    """What one evaluation stage writes, and the model it scores."""
+    """What one evaluation stage writes, and the model(s) it scores: several are averaged (an ensemble)."""
 
     stage: str
-    model: Path
+    models: tuple[Path, ...]
     mistakes: Path
 
     @property
@@ -82,6 +84,13 @@ class Evaluated:
 
 TRAIN = Trained("train", Path("models/classifier.pt"))
 TRAIN_FROM_LM = Trained("train_from_lm", Path("models/classifier_lm.pt"))
+TRAIN_FROM_LM_BACKWARD = Trained("train_from_lm_backward", Path("models/classifier_lm_backward.pt"))
 TRAIN_LM = Trained("train_lm", LM)
-EVALUATE = Evaluated("evaluate", TRAIN.model, Path("reports/mistakes.jsonl"))
-EVALUATE_FROM_LM = Evaluated("evaluate_from_lm", TRAIN_FROM_LM.model, Path("reports/mistakes_from_lm.jsonl"))
+TRAIN_LM_BACKWARD = Trained("train_lm_backward", LM_BACKWARD)
+EVALUATE = Evaluated("evaluate", (TRAIN.model,), Path("reports/mistakes.jsonl"))
+EVALUATE_FROM_LM = Evaluated("evaluate_from_lm", (TRAIN_FROM_LM.model,), Path("reports/mistakes_from_lm.jsonl"))
+EVALUATE_FROM_LM_BACKWARD = Evaluated("evaluate_from_lm_backward", (TRAIN_FROM_LM_BACKWARD.model,),
+                                      Path("reports/mistakes_from_lm_backward.jsonl"))
+# The forward and backward LM-initialised classifiers, their class probabilities averaged (ULMFiT's ensemble).
+EVALUATE_ENSEMBLE = Evaluated("evaluate_ensemble", (TRAIN_FROM_LM.model, TRAIN_FROM_LM_BACKWARD.model),
+                              Path("reports/mistakes_ensemble.jsonl"))

@@ -7,6 +7,9 @@
 Input: texts as arguments, one per line on stdin, or a file (.txt one per line; .csv, .jsonl
 or .parquet with a `text` column). Output: one JSON object (or CSV row) per input, in order.
 The texts go through the tokenize stage's own cleaning and tokenization (pipeline.text).
+Give --model more than once to average several classifiers (the forward + backward ensemble):
+
+    python -m pipeline.predict --model models/classifier_lm.pt --model models/classifier_lm_backward.pt "Loved it"
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ import numpy as np
 from pipeline import data, paths, scoring
 from pipeline import text as T
 from pipeline.common import Parser, PipelineError, run_main
-from pipeline.model import checkpoint_labels, load_classifier, predict_proba
+from pipeline.model import ensemble_proba, load_members
 from pipeline.params import PARAMS_FILE, load_params
 
 
@@ -59,18 +62,19 @@ def encode_texts(texts: list[str], itos: list[str], lowercase: bool, max_chars: 
     return [np.array([stoi.get(t, data.UNK_ID) for t in toks], dtype=np.int64) for toks in tokens]
 
 
-def predict(texts: list[str], model_path: Path, vocab_path: Path, lowercase: bool, max_chars: int, batch_size: int = 256) -> list[dict]:
-    """[{label, probabilities}] per text: the predicted label's name and every class's probability;
-    two classes also keep `probability`, that of class 1 (IMDB: positive), as before the label map."""
-    model, ckpt = load_classifier(model_path)
-    names = checkpoint_labels(ckpt, model_path)
+def predict(texts: list[str], model_paths: Path | list[Path], vocab_path: Path, lowercase: bool, max_chars: int,
+            batch_size: int = 256) -> list[dict]:
+    """[{label, probabilities}] per text: the predicted label's name and every class's probability
+    (several models: their mean); two classes also keep `probability`, that of class 1 (IMDB:
+    positive), as before the label map."""
+    members, names = load_members([model_paths] if isinstance(model_paths, Path) else model_paths)
     if not vocab_path.is_file():
         raise PipelineError(f"vocab {vocab_path} not found (run the pipeline first: dvc repro)")
     itos = data.read_vocab(vocab_path)
-    if len(itos) != ckpt["config"]["vocab_size"]:
-        raise PipelineError(f"{vocab_path} has {len(itos)} entries but the model expects {ckpt['config']['vocab_size']}: rerun dvc repro")
-    seqs = [data.truncate(s, ckpt["max_len"], ckpt["head_fraction"]) for s in encode_texts(texts, itos, lowercase, max_chars)]
-    probs = predict_proba(model, seqs, batch_size)
+    expected = members[0][1]["config"]["vocab_size"]
+    if len(itos) != expected:
+        raise PipelineError(f"{vocab_path} has {len(itos)} entries but the model expects {expected}: rerun dvc repro")
+    probs = ensemble_proba(members, encode_texts(texts, itos, lowercase, max_chars), batch_size)
     rows = []
     for p, k in zip(probs, scoring.predictions(probs)):
         row = {"label": names[k]}
@@ -112,7 +116,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--file", type=Path, help="a .txt, .csv, .jsonl or .parquet file of reviews")
     ap.add_argument("--column", default="text", help="text column of a tabular file (default: text)")
     ap.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
-    ap.add_argument("--model", type=Path, default=paths.TRAIN.model)
+    ap.add_argument("--model", type=Path, action="append",
+                    help=f"a classifier checkpoint (default: {paths.TRAIN.model}); more than once: their mean")
     ap.add_argument("--vocab", type=Path, default=paths.VOCAB_FILE)
     ap.add_argument("--params", type=Path, default=Path(PARAMS_FILE), help="for the tokenize settings")
     ap.add_argument("--batch-size", type=positive_int, default=256)
@@ -132,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     if not texts:
         raise PipelineError("no input texts (pass them as arguments, on stdin, or with --file)")
     tok = load_params("tokenize", path=args.params)["tokenize"]
-    rows = predict(texts, args.model, args.vocab, tok.lowercase, tok.max_chars, args.batch_size)
+    rows = predict(texts, args.model or [paths.TRAIN.model], args.vocab, tok.lowercase, tok.max_chars, args.batch_size)
     if args.format == "csv":
         w = csv.writer(sys.stdout, lineterminator="\n")
         names = list(rows[0]["probabilities"])

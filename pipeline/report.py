@@ -1,7 +1,7 @@
 """Stage report: one Markdown report (and a self-contained HTML copy) of a run, for a pull request.
 
-Every model side by side (the LSTM from scratch, the LSTM started from the language model, the
-TF-IDF baseline, the language model's perplexity), what changed against the last commit, the
+Every model side by side (the LSTM from scratch, the LSTMs started from the forward and the
+backward language model and their ensemble, the TF-IDF baseline, the language models' perplexity), what changed against the last commit, the
 curves and test-set charts (pipeline.charts), and the most confident mistakes. The same inputs
 give the same bytes: no timestamps, no absolute paths.
 """
@@ -26,15 +26,21 @@ NO_PREVIOUS = "no previous commit to compare"
 MODELS = {
     "LSTM from scratch": (paths.EVALUATE.metrics, paths.TRAIN.metrics, paths.EVALUATE.plots),
     "LSTM from the LM": (paths.EVALUATE_FROM_LM.metrics, paths.TRAIN_FROM_LM.metrics, paths.EVALUATE_FROM_LM.plots),
+    "LSTM from the backward LM": (paths.EVALUATE_FROM_LM_BACKWARD.metrics, paths.TRAIN_FROM_LM_BACKWARD.metrics,
+                                  paths.EVALUATE_FROM_LM_BACKWARD.plots),
+    "Forward + backward ensemble": (paths.EVALUATE_ENSEMBLE.metrics, None, paths.EVALUATE_ENSEMBLE.plots),
     "TF-IDF + LR": (paths.metrics("baseline"), None, None),
     "Language model": (paths.TRAIN_LM.metrics, None, None),
+    "Backward language model": (paths.TRAIN_LM_BACKWARD.metrics, None, None),
 }
 REQUIRED = {paths.EVALUATE.metrics, paths.metrics("baseline")}  # the others are skipped while absent
-CURVES = {"LSTM from scratch": paths.TRAIN.live, "LSTM from the LM": paths.TRAIN_FROM_LM.live}
+CURVES = {"LSTM from scratch": paths.TRAIN.live, "LSTM from the LM": paths.TRAIN_FROM_LM.live,
+          "LSTM from the backward LM": paths.TRAIN_FROM_LM_BACKWARD.live}
 LM_CURVES = paths.TRAIN_LM.live
 # Compared with HEAD, as `dvc metrics diff` would.
-DIFF_FILES = [paths.EVALUATE.metrics, paths.EVALUATE_FROM_LM.metrics, paths.metrics("baseline"), paths.TRAIN.metrics,
-              paths.TRAIN_FROM_LM.metrics, paths.TRAIN_LM.metrics]
+DIFF_FILES = [paths.EVALUATE.metrics, paths.EVALUATE_FROM_LM.metrics, paths.EVALUATE_FROM_LM_BACKWARD.metrics,
+              paths.EVALUATE_ENSEMBLE.metrics, paths.metrics("baseline"), paths.TRAIN.metrics, paths.TRAIN_FROM_LM.metrics,
+              paths.TRAIN_FROM_LM_BACKWARD.metrics, paths.TRAIN_LM.metrics, paths.TRAIN_LM_BACKWARD.metrics]
 
 # ---------------------------------------------------------------- reading
 

@@ -8,6 +8,8 @@ With --from-lm it is stage train_from_lm: the same classifier and `train` params
 and first forward LSTM layer(s) copied from models/lm.pt (pipeline.model.init_classifier_from_lm),
 trained at lr * train_from_lm.lm_lr_mult and frozen for train_from_lm.unfreeze_epoch epochs;
 outputs models/classifier_lm.pt, metrics/train_from_lm.json, dvclive/train_from_lm/.
+With --from-lm --backward it is stage train_from_lm_backward: the same from models/lm_backward.pt,
+reading every review last word first as that LM did; outputs named *_backward.
 """
 from __future__ import annotations
 
@@ -69,7 +71,7 @@ def build_model(params: TrainParams, vocab_size: int, vectors: np.ndarray | None
                 classes: int = 2) -> Classifier:
     torch.manual_seed(params.seed)
     model = Classifier(vocab_size, params.embed_dim, params.hidden, params.layers, params.bidirectional, params.dropout,
-                       classes)
+                       classes, params.pooling)
     if vectors is not None:
         if vectors.shape != (vocab_size, params.embed_dim):
             raise PipelineError(
@@ -162,9 +164,9 @@ def fit(params: TrainParams, vocab_size: int, train, valid, device: torch.device
             "padded_fraction": data.padded_fraction(train_len, data.bucket_batches(train_len, params.batch_size, np.random.default_rng(params.seed)))}
 
 
-def load_data(params: TrainParams, split: str):
+def load_data(params: TrainParams, split: str, reverse: bool = False):
     seqs, labels, _ = data.load_split(paths.VOCAB / f"{split}.parquet")
-    return [data.truncate(s, params.max_len, params.head_fraction) for s in seqs], labels
+    return [data.classifier_input(s, params.max_len, params.head_fraction, reverse) for s in seqs], labels
 
 
 def curve_metrics(row: dict) -> dict:
@@ -175,8 +177,12 @@ def main(argv: list[str] | None = None) -> None:
     ap = Parser(prog="python -m pipeline.train", description=__doc__.split("\n", 1)[0])
     ap.add_argument("--from-lm", action="store_true",
                     help="stage train_from_lm: start from models/lm.pt (params section train_from_lm), own outputs")
+    ap.add_argument("--backward", action="store_true",
+                    help="with --from-lm, stage train_from_lm_backward: start from the backward LM, reviews reversed")
     args = ap.parse_args(argv)
-    out = paths.TRAIN_FROM_LM if args.from_lm else paths.TRAIN
+    if args.backward and not args.from_lm:
+        raise PipelineError("--backward starts the classifier from the backward language model: give --from-lm too")
+    out = (paths.TRAIN_FROM_LM_BACKWARD if args.backward else paths.TRAIN_FROM_LM) if args.from_lm else paths.TRAIN
     sections = load_params("train", "train_from_lm") if args.from_lm else load_params("train")
     params: TrainParams = sections["train"]
     distributed.relaunch(params.nproc, "pipeline.train")  # train.nproc > 1: continue under torchrun
@@ -185,11 +191,13 @@ def main(argv: list[str] | None = None) -> None:
     vocab_size = len(data.read_vocab(paths.VOCAB_FILE))
     names = read_labels(paths.VOCAB_LABELS)
     vectors = np.load(paths.VOCAB_VECTORS) if paths.VOCAB_VECTORS.is_file() else None
-    train, valid = load_data(params, "train"), load_data(params, "valid")
     lm = None
     if args.from_lm:
         from_lm = sections["train_from_lm"]
-        lm = load_lm_init(paths.LM, from_lm.lm_lr_mult, from_lm.unfreeze_epoch)
+        lm = load_lm_init(paths.LM_BACKWARD if args.backward else paths.LM, from_lm.lm_lr_mult, from_lm.unfreeze_epoch)
+    # The direction follows the LM the weights come from, not the flag: a classifier reads as its LM read.
+    reverse = lm is not None and lm["reverse"]
+    train, valid = load_data(params, "train", reverse), load_data(params, "valid", reverse)
 
     # Rank 0 alone writes curves, metrics and weights; all ranks hold the same all-reduced numbers.
     with training.curves(out.live, curve_metrics, enabled=distributed.is_main()) as log:
@@ -201,7 +209,8 @@ def main(argv: list[str] | None = None) -> None:
 
     best = result["history"][result["best_epoch"] - 1]
     training.finish(out, result["model"], result["best"],
-                    {"max_len": params.max_len, "head_fraction": params.head_fraction, "labels": names},
+                    {"max_len": params.max_len, "head_fraction": params.head_fraction, "labels": names,
+                     **({"reverse": True} if reverse else {})},  # absent = left to right, as before the key
                     {"best_epoch": result["best_epoch"], "epochs_run": result["epoch"],
                      **{k: round(best[k], 6) for k in ("valid_loss", "valid_acc", "train_loss", "train_acc")},
                      "padded_fraction": round(result["padded_fraction"], 4)},

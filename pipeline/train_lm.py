@@ -8,6 +8,10 @@ weights) go to metrics/train_lm.json, curves to dvclive/train_lm/, the model to 
 Every eval_every steps and at each epoch's end the full state (weights, optimizer, carried
 hidden state, RNG) goes to models/train_lm.resume.pt; after an interruption train_lm.resume
 carries on from it and ends with the same weights an uninterrupted run would have.
+
+With --backward it is stage train_lm_backward: the same code and `train_lm` params on the
+reviews reversed (each still <bos> ... <eos>, its words last to first), the backward model of
+ULMFiT; outputs models/lm_backward.pt, metrics/train_lm_backward.json, dvclive/train_lm_backward/.
 """
 from __future__ import annotations
 
@@ -21,27 +25,29 @@ import numpy as np
 import torch
 
 from pipeline import data, paths, training
-from pipeline.common import PipelineError, run_main
+from pipeline.common import Parser, PipelineError, run_main
 from pipeline.data import BOS_ID, EOS_ID
 from pipeline.model import LanguageModel
 from pipeline.params import TrainLMParams, load_params
 from pipeline.training import autocast
 
-OUT = paths.TRAIN_LM
 # Wall-clock time never goes into a tracked output (a rerun would change its bytes): the
 # perplexity-against-minutes curve is an untracked log beside the tracked curves.
-TIME_LOG = paths.LOGS / "train_lm" / "minutes.tsv"
+def time_log(stage: str) -> Path:
+    return paths.LOGS / stage / "minutes.tsv"
+
 EVAL_SEED = 0  # valid/test order: fixed, so eval_tokens cuts the same reviews whatever train_lm.seed is
 
 
-def make_stream(seqs: list[np.ndarray], seed: int, max_tokens: int = 0) -> np.ndarray:
-    """Reviews in a seeded order, each as <bos> ids <eos>, concatenated; cut to max_tokens (0 = all)."""
+def make_stream(seqs: list[np.ndarray], seed: int, max_tokens: int = 0, reverse: bool = False) -> np.ndarray:
+    """Reviews in a seeded order, each as <bos> ids <eos>, concatenated; cut to max_tokens (0 = all).
+    reverse: each review's ids last to first (the backward LM); the order of the reviews is the same."""
     order = np.random.default_rng(seed).permutation(len(seqs))
     bos, eos = np.array([BOS_ID]), np.array([EOS_ID])
     parts = []
     total = 0
     for i in order:
-        parts += [bos, seqs[i], eos]
+        parts += [bos, seqs[i][::-1] if reverse else seqs[i], eos]
         total += len(seqs[i]) + 2
         if max_tokens and total > max_tokens:  # one extra token: the last target
             break
@@ -187,7 +193,7 @@ def fit_lm(params: TrainLMParams, vocab_size: int, train: np.ndarray, valid: np.
     return {**state, "model": model, "tokens": tokens, "seconds": seconds, "resumed_at": resumed_at}
 
 
-def load_streams(params: TrainLMParams) -> dict[str, np.ndarray]:
+def load_streams(params: TrainLMParams, reverse: bool = False) -> dict[str, np.ndarray]:
     """train = train + unsup reviews (seeded order, cut to the token budget); valid, test (cut to eval_tokens)."""
     unsup = paths.VOCAB / "unsup.parquet"
     if not unsup.is_file():
@@ -195,9 +201,9 @@ def load_streams(params: TrainLMParams) -> dict[str, np.ndarray]:
                             "(set tokenize.unsup: true and vocab.use_unsup: true, then dvc repro vocab)")
     train = data.load_split(paths.VOCAB / "train.parquet")[0] + data.load_split(unsup)[0]
     return {
-        "train": make_stream(train, params.seed, params.token_budget),
-        "valid": make_stream(data.load_split(paths.VOCAB / "valid.parquet")[0], EVAL_SEED, params.eval_tokens),
-        "test": make_stream(data.load_split(paths.VOCAB / "test.parquet")[0], EVAL_SEED, params.eval_tokens),
+        "train": make_stream(train, params.seed, params.token_budget, reverse),
+        "valid": make_stream(data.load_split(paths.VOCAB / "valid.parquet")[0], EVAL_SEED, params.eval_tokens, reverse),
+        "test": make_stream(data.load_split(paths.VOCAB / "test.parquet")[0], EVAL_SEED, params.eval_tokens, reverse),
     }
 
 
@@ -205,16 +211,21 @@ def curve_metrics(row: dict) -> dict:
     return {"train/ppl": round(row["train_ppl"], 4), "valid/ppl": round(row["valid_ppl"], 4)}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    ap = Parser(prog="python -m pipeline.train_lm", description=__doc__.split("\n", 1)[0])
+    ap.add_argument("--backward", action="store_true", help="stage train_lm_backward: every review reversed, own outputs")
+    args = ap.parse_args(argv)
+    out = paths.TRAIN_LM_BACKWARD if args.backward else paths.TRAIN_LM
     sections = load_params("train_lm", "tokenize")  # tokenize.lowercase: recorded for generate's prompts
     params: TrainLMParams = sections["train_lm"]
     threads, device = training.setup(params, "train_lm")
     itos = data.read_vocab(paths.VOCAB_FILE)
-    streams = load_streams(params)
-    print(f"train_lm: {len(streams['train']) - 1:,} training tokens, {len(itos):,}-word vocabulary, {device}")
+    streams = load_streams(params, args.backward)
+    print(f"{out.stage}: {len(streams['train']) - 1:,} training tokens, {len(itos):,}-word vocabulary, {device}")
 
-    TIME_LOG.parent.mkdir(parents=True, exist_ok=True)
-    with training.curves(OUT.live, curve_metrics) as live_log, open(TIME_LOG, "w", encoding="utf-8") as times:
+    times_path = time_log(out.stage)
+    times_path.parent.mkdir(parents=True, exist_ok=True)
+    with training.curves(out.live, curve_metrics) as live_log, open(times_path, "w", encoding="utf-8") as times:
         times.write("step\tminutes\tvalid_ppl\n")
 
         def log(row):
@@ -223,13 +234,14 @@ def main() -> None:
             times.flush()
 
         result = fit_lm(params, len(itos), streams["train"], streams["valid"], device,
-                        OUT.resume if params.resume else None, log)
+                        out.resume if params.resume else None, log)
 
     model = result["model"]
     model.load_state_dict(result["best"])
     va = nll(model, streams["valid"], params.eval_batch_size, params.bptt, device)
     te = nll(model, streams["test"], params.eval_batch_size, params.bptt, device)
-    training.finish(OUT, model, result["best"], {"itos": itos, "lowercase": sections["tokenize"].lowercase}, {
+    extra = {"itos": itos, "lowercase": sections["tokenize"].lowercase, **({"reverse": True} if args.backward else {})}
+    training.finish(out, model, result["best"], extra, {
         "valid_ppl": round(perplexity(*va), 4),
         "test_ppl": round(perplexity(*te), 4),
         "valid_tokens": va[1],

@@ -73,6 +73,7 @@ def test_every_declared_path_is_named_in_dvc_yaml():
     declared = [v for k, v in vars(paths).items() if k.isupper() and isinstance(v, Path)]
     for record in (v for v in vars(paths).values() if isinstance(v, (paths.Trained, paths.Evaluated))):
         declared += [getattr(record, f) for f in ("model", "metrics", "live", "plots", "mistakes") if hasattr(record, f)]
+        declared += list(getattr(record, "models", ()))
     untracked = {paths.DOWNLOADS, paths.RAW_LEGACY, paths.LOGS}  # not outputs: caches, old layouts, logs
     # a file inside a folder output (data/vocab/vocab.tsv) is named by its folder
     missing = sorted(str(p) for p in declared if p not in untracked and f" {p}" not in text and f" {p.parent}\n" not in text)

@@ -29,10 +29,11 @@ def test_reverse_padded_reverses_within_length_and_is_its_own_inverse():
     assert torch.equal(reverse_padded(r, lengths), x)
 
 
-@pytest.mark.parametrize("bidirectional,layers", [(True, 2), (False, 1)])
-def test_prediction_does_not_depend_on_padding(bidirectional, layers):
+@pytest.mark.parametrize("bidirectional,layers,pooling", [(True, 2, "maxmean"), (False, 1, "maxmean"), (True, 1, "concat"),
+                                                          (False, 2, "concat")])
+def test_prediction_does_not_depend_on_padding(bidirectional, layers, pooling):
     torch.manual_seed(0)
-    model = Classifier(50, 8, 6, layers, bidirectional, 0.0).eval()
+    model = Classifier(50, 8, 6, layers, bidirectional, 0.0, pooling=pooling).eval()
     seq = torch.tensor([[5, 9, 11, 3, 7]])
     alone = model(seq, torch.tensor([5]))
     padded = torch.cat([seq, torch.zeros(1, 20, dtype=torch.long)], dim=1)
@@ -41,10 +42,29 @@ def test_prediction_does_not_depend_on_padding(bidirectional, layers):
     torch.testing.assert_close(together[0], alone[0], rtol=1e-5, atol=1e-6)
 
 
-def test_empty_review_gives_a_finite_logit():
-    model = Classifier(50, 8, 6, 1, True, 0.0).eval()
+@pytest.mark.parametrize("pooling", ["maxmean", "concat"])
+def test_empty_review_gives_a_finite_logit(pooling):
+    model = Classifier(50, 8, 6, 1, True, 0.0, pooling=pooling).eval()
     out = model(torch.zeros(2, 3, dtype=torch.long), torch.tensor([0, 2]))
     assert torch.isfinite(out).all()
+
+
+def test_concat_pooling_reads_each_directions_final_state():
+    """The last state is the forward LSTM's after the last real token and the backward LSTM's after
+    the first: what each returns as its final hidden state when run on the review alone."""
+    torch.manual_seed(0)
+    model = Classifier(50, 8, 6, 1, True, 0.0, pooling="concat").eval()
+    ids = torch.tensor([[5, 9, 11, 0, 0], [3, 4, 5, 6, 7]])
+    lengths = torch.tensor([3, 5])
+    with torch.no_grad():
+        last = model.last_state(model.encode(ids, lengths), lengths)
+        for i, n in enumerate(lengths.tolist()):
+            x = model.embedding(ids[i : i + 1, :n])
+            _, (h_fwd, _) = model.fwd[0](x)
+            _, (h_bwd, _) = model.bwd[0](x.flip(1))
+            torch.testing.assert_close(last[i], torch.cat([h_fwd[0, 0], h_bwd[0, 0]]), rtol=1e-5, atol=1e-6)
+    assert model.out.in_features == 3 * 2 * 6 and model.config["pooling"] == "concat"
+    assert "pooling" not in Classifier(50, 8, 6, 1, True, 0.0).config  # the default keeps old checkpoints' bytes
 
 
 CHURN = """
