@@ -14,9 +14,10 @@ from conftest import make_repo, run, update_params
 from pipeline import charts, history, markup, report
 from pipeline.common import PipelineError
 
-PLOTS = {"train_loss.svg", "train_acc.svg", "confusion.svg", "confusion_1.svg", "roc.svg",
-         "precision_recall.svg", "length_accuracy.svg"}
-MODELS = ["LSTM from scratch", "LSTM from the LM", "TF-IDF + LR", "Language model"]
+PLOTS = {"train_loss.svg", "train_acc.svg", "confusion.svg", "confusion_1.svg", "confusion_2.svg", "confusion_3.svg",
+         "roc.svg", "precision_recall.svg", "length_accuracy.svg"}
+MODELS = ["LSTM from scratch", "LSTM from the LM", "LSTM from the backward LM", "Forward + backward ensemble", "TF-IDF + LR",
+          "Language model", "Backward language model"]
 PARAMS = SimpleNamespace(n_mistakes=2, n_samples=2, max_chars=40)
 
 
@@ -38,7 +39,7 @@ def test_report_names_every_metric_and_links_every_plot(built):
     page = (built / "reports/report.html").read_text()
     assert "| Metric | " + " | ".join(MODELS) + " |" in md  # every model, one table
     assert "<tr><th>Metric</th>" + "".join(f"<th>{m}</th>" for m in MODELS) + "</tr>" in page
-    for name in ["evaluate", "evaluate_from_lm", "baseline"]:
+    for name in ["evaluate", "evaluate_from_lm", "evaluate_from_lm_backward", "evaluate_ensemble", "baseline"]:
         metrics = json.loads((built / f"metrics/{name}.json").read_text())
         for key in metrics:
             if key == "per_class":  # a table of its own, one row per class, beside each LSTM's confusion matrix
