@@ -110,7 +110,6 @@ class Classifier(nn.Module):
         logits = self.out(self.drop(torch.cat(pooled, dim=-1)))
         return logits.squeeze(-1) if logits.size(-1) == 1 else logits
 
-
     def last_state(self, h: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Each direction's state after reading the whole review: forward at the last real token,
         backward at the first; zeros for an empty review."""

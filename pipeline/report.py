@@ -1,8 +1,9 @@
 """Stage report: one Markdown report (and a self-contained HTML copy) of a run, for a pull request.
 
 Every model side by side (the LSTM from scratch, the LSTMs started from the forward and the
-backward language model and their ensemble, the TF-IDF baseline, the language models' perplexity), what changed against the last commit, the
-curves and test-set charts (pipeline.charts), and the most confident mistakes. The same inputs
+backward language model and their ensemble, the TF-IDF baseline, the language models'
+perplexity), what changed against the last commit, the curves and test-set charts
+(pipeline.charts), and the most confident mistakes. The same inputs
 give the same bytes: no timestamps, no absolute paths.
 """
 from __future__ import annotations

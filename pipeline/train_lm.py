@@ -31,12 +31,13 @@ from pipeline.model import LanguageModel
 from pipeline.params import TrainLMParams, load_params
 from pipeline.training import autocast
 
-# Wall-clock time never goes into a tracked output (a rerun would change its bytes): the
-# perplexity-against-minutes curve is an untracked log beside the tracked curves.
-def time_log(stage: str) -> Path:
-    return paths.LOGS / stage / "minutes.tsv"
-
 EVAL_SEED = 0  # valid/test order: fixed, so eval_tokens cuts the same reviews whatever train_lm.seed is
+
+
+def time_log(stage: str) -> Path:
+    """Wall-clock time never goes into a tracked output (a rerun would change its bytes): the
+    perplexity-against-minutes curve is an untracked log beside the tracked curves."""
+    return paths.LOGS / stage / "minutes.tsv"
 
 
 def make_stream(seqs: list[np.ndarray], seed: int, max_tokens: int = 0, reverse: bool = False) -> np.ndarray:
