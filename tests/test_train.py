@@ -97,6 +97,41 @@ def test_training_keeps_freed_buffers_instead_of_faulting_them_in_every_step():
     assert int(after) < pages  # once warm, not even one buffer's pages fault in again
 
 
+FRAGMENT = """
+import os, sys, torch
+from pipeline import training
+
+assert training.keep_freed_memory()
+training.TRIM_EVERY = int(sys.argv[1])
+
+def resident():
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+start, pins = resident(), []
+for i in range(10):  # each buffer a little larger than the hole the last one left, as a new padded length
+    x = torch.empty(12_500_000 + i * 250_000)
+    x.fill_(1.0)
+    pins.append(torch.ones(1000))  # a small long-lived object after it pins the hole
+    del x
+    training.trim_kept_heap()
+print(resident() - start)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_a_kept_heap_gives_back_the_holes_a_growing_length_leaves():
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    buffer = 12_500_000 * 4  # 50 MB
+
+    def growth(every: int) -> int:
+        out = subprocess.run([sys.executable, "-c", FRAGMENT, str(every)], cwd=ROOT, env=env, capture_output=True,
+                             text=True, check=True)
+        return int(out.stdout)
+
+    assert growth(1000) > 6 * buffer  # never trimmed: every hole stays resident
+    assert growth(1) < 3 * buffer  # trimmed each step: the holes' pages go back
+
+
 def test_truncate_keeps_head_and_tail():
     seq = np.arange(100)
     out = data.truncate(seq, 10, 0.3)
