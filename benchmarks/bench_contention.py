@@ -22,10 +22,13 @@ import time
 from pathlib import Path
 
 # name -> (environment, torch threads per process; 0 = all cores, as train.threads: 0 gives)
-# pipeline/__init__.py sets OMP_WAIT_POLICY=PASSIVE unless the environment says otherwise.
+# pipeline/__init__.py sets GOMP_SPINCOUNT=1000 unless the environment sets it or OMP_WAIT_POLICY.
 SETTINGS = {
-    "active": ({"OMP_WAIT_POLICY": "ACTIVE"}, 0),  # libgomp's spinning, the default before the project set PASSIVE
-    "passive": ({"OMP_WAIT_POLICY": "PASSIVE"}, 0),
+    "active": ({"OMP_WAIT_POLICY": "ACTIVE"}, 0),  # spin without end
+    "passive": ({"OMP_WAIT_POLICY": "PASSIVE"}, 0),  # sleep at once: the project's setting before spin1k
+    "spin1k": ({"GOMP_SPINCOUNT": "1000"}, 0),  # spin 1,000 rounds, then sleep: the project's setting
+    "spin10k": ({"GOMP_SPINCOUNT": "10000"}, 0),
+    "spin100k": ({"GOMP_SPINCOUNT": "100000"}, 0),
     "one_thread": ({}, 1),
 }
 
@@ -59,7 +62,8 @@ def worker(data: Path, batches: int, threads: int) -> None:
 def launch(args, env: dict, threads: int) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "benchmarks.bench_contention", "--worker", "--data", str(args.data),
            "--batches", str(args.batches), "--threads", str(threads)]
-    return subprocess.Popen(cmd, env={**os.environ, **env}, stdout=subprocess.PIPE, text=True)
+    base = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    return subprocess.Popen(cmd, env={**base, **env}, stdout=subprocess.PIPE, text=True)
 
 
 def result(p: subprocess.Popen) -> dict:

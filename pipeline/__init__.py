@@ -10,9 +10,13 @@ import os
 os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 os.environ.setdefault("MKL_DYNAMIC", "FALSE")
 
-# Threads that wait sleep instead of spinning. With libgomp's default (spin a while, then sleep),
-# two trainings on the same cores (`dvc queue start -j 2`, a shared server) each ran at 2.4% of
-# their solo speed: every parallel region's waiting threads burned the time slices the other
-# process needed. Passive waiting costs ~5% alone and gives each of two at once 57-63% of its solo
-# speed (`python -m benchmarks.bench_contention`). Set OMP_WAIT_POLICY=ACTIVE for a dedicated machine.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Threads that wait spin briefly, then sleep. libgomp's default (spin ~3 ms, then sleep) made two
+# trainings on the same cores (`dvc queue start -j 2`, a shared server) each run at 2.4% of their
+# solo speed: waiting threads burned the time slices the other process needed. Sleeping at once
+# (OMP_WAIT_POLICY=PASSIVE, the setting before this one) cures that but costs a solo run up to 40%
+# on a VM, where waking a thread on an idle vCPU goes through the hypervisor. 1,000 rounds (~10 us)
+# bridge the short gaps of the LSTM step and still give each of two at once 61-74% of its solo
+# speed (`python -m benchmarks.bench_contention`, docs/benchmarks.md). OMP_WAIT_POLICY or
+# GOMP_SPINCOUNT in the environment win: OMP_WAIT_POLICY=ACTIVE for a dedicated machine.
+if "OMP_WAIT_POLICY" not in os.environ:
+    os.environ.setdefault("GOMP_SPINCOUNT", "1000")

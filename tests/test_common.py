@@ -1,4 +1,5 @@
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -120,3 +121,16 @@ def test_atomic_dir_swap_never_leaves_the_folder_missing(tmp_path):
         reader.join()
     assert (out / "f").read_text() == "199" and missing == []
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary or old folder left
+
+
+@pytest.mark.parametrize("env, spincount", [
+    ({}, "1000"),                              # the project's default: spin briefly, then sleep
+    ({"OMP_WAIT_POLICY": "ACTIVE"}, "None"),   # a policy the user set is libgomp's to apply
+    ({"OMP_WAIT_POLICY": "PASSIVE"}, "None"),
+    ({"GOMP_SPINCOUNT": "5"}, "5"),
+])
+def test_openmp_waiting_is_set_before_torch_loads_unless_the_user_set_it(env, spincount):
+    base = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    code = "import os, pipeline, sys; print(os.environ.get('GOMP_SPINCOUNT'), 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], env={**base, **env}, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == [spincount, "False"]  # libgomp reads it once, when torch loads it
