@@ -116,7 +116,8 @@ def fit(params: TrainParams, vocab_size: int, train, valid, device: torch.device
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedules)
     scaler = training.grad_scaler(device, params.precision)
 
-    sig = training.signature(params, vocab_size=vocab_size, n_train=len(train_seqs), classes=classes)
+    sig = training.signature(params, vocab_size=vocab_size, n_train=len(train_seqs), classes=classes,
+                             data=training.data_digest(train_seqs, train_y, valid_seqs, valid_y, vectors))
     if lm is not None:
         sig.update(lm_lr_mult=lm["lr_mult"], unfreeze_epoch=lm["unfreeze_epoch"], lm_digest=lm["digest"])
     resume = training.Resume(resume_path, sig, "train")

@@ -128,7 +128,8 @@ def fit_lm(params: TrainLMParams, vocab_size: int, train: np.ndarray, valid: np.
     optimizer = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
     scaler = training.grad_scaler(device, params.precision)
 
-    resume = training.Resume(resume_path, training.signature(params, vocab_size=vocab_size, n_train=len(train)), "train_lm")
+    sig = training.signature(params, vocab_size=vocab_size, n_train=len(train), data=training.data_digest(train, valid))
+    resume = training.Resume(resume_path, sig, "train_lm")
     state = resume.restore(device, log, model=model, optimizer=optimizer)
     if state is not None:
         print(f"train_lm: resuming at epoch {state['epoch'] + 1}, step {state['step']} from {resume_path}")

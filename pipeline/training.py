@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
+import hashlib
 import math
 import os
 import shutil
@@ -15,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Iterator
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -134,9 +136,28 @@ def lr_lambda(schedule: str, warmup: float, total: int) -> Callable[[int], float
 
 
 def signature(params, **extra) -> dict:
-    """What a resume file must match (same params and data shape), or it is ignored."""
+    """What a resume file must match (same params, data digest and shape), or it is ignored."""
     sig = {k: v for k, v in dataclasses.asdict(params).items() if k not in RUN_SETTINGS}
     return {**sig, **extra}
+
+
+def data_digest(*parts) -> str:
+    """sha256 of what a run learns from: arrays, or lists of arrays, in order (None: skipped).
+
+    The resume file is not a DVC output, so it outlives a change upstream: other tokens or another
+    vocabulary of the same size, resumed into, would give a model no fresh run reproduces.
+    """
+    h = hashlib.sha256()
+    for part in parts:
+        if part is None:
+            continue
+        arrays = part if isinstance(part, (list, tuple)) else [part]
+        h.update(f"{len(arrays)};".encode())
+        for a in arrays:
+            a = np.ascontiguousarray(a)
+            h.update(f"{a.dtype.str}{a.shape};".encode())
+            h.update(a.data)
+    return h.hexdigest()
 
 
 class Resume:
@@ -153,7 +174,7 @@ class Resume:
             return None
         saved = torch.load(self.path, map_location=device, weights_only=True)
         if saved.get("signature") != self.sig:
-            print(f"{self.stage}: ignoring {self.path}, it was made with other params")
+            print(f"{self.stage}: ignoring {self.path}, it was made with other params or data")
             return None
         return saved
 

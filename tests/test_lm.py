@@ -108,6 +108,28 @@ def test_resume_mid_epoch_matches_an_uninterrupted_run(tmp_path):
     assert full["history"][-1]["valid_ppl"] < 54
 
 
+def test_a_resume_file_of_another_stream_with_the_same_length_is_ignored(tmp_path):
+    params = dataclasses.replace(
+        load_params("train_lm", path=ROOT / "params.yaml")["train_lm"],
+        embed_dim=8, hidden=8, layers=1, cutoffs=[20], batch_size=4, eval_batch_size=4, bptt=10, epochs=1,
+        eval_every=5, threads=1, weight_drop=0.0, lr=0.01, token_budget=0, warmup=0.0,
+    )
+    torch.set_num_threads(1)
+    train, valid = toy_stream(60, 0), toy_stream(10, 1)
+    seen = []
+
+    def stop_at_second_check(row):
+        seen.append(row)
+        if len(seen) == 2:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        fit_lm(params, 54, train, valid, torch.device("cpu"), tmp_path / "r.pt", log=stop_at_second_check)
+    assert torch.load(tmp_path / "r.pt", weights_only=True)["state"]["global_step"] > 0
+    other = train[::-1].copy()  # the same length and tokens, another order
+    assert fit_lm(params, 54, other, valid, torch.device("cpu"), tmp_path / "r.pt")["resumed_at"] == 0
+
+
 def test_stage_writes_finite_perplexities_and_a_loadable_model(lm_repo):
     m = json.loads((lm_repo / "metrics/train_lm.json").read_text())
     assert math.isfinite(m["valid_ppl"]) and math.isfinite(m["test_ppl"])

@@ -196,6 +196,28 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path):
     assert full["history"][-1]["valid_acc"] > 0.7  # it learned the toy signal
 
 
+def test_a_resume_file_of_other_data_with_the_same_shape_is_ignored(tmp_path, capsys):
+    params = dataclasses.replace(load_params("train", path=ROOT / "params.yaml")["train"],
+                                 embed_dim=8, hidden=8, batch_size=16, epochs=2, patience=5, threads=1, lr=0.03)
+    torch.set_num_threads(1)
+    train, valid = toy_data(200, 0), toy_data(40, 1)
+
+    def stop_in_epoch_2(row):
+        if row["epoch"] == 2:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        fit(params, 40, train, valid, torch.device("cpu"), tmp_path / "r.pt", log=stop_in_epoch_2)
+    # Upstream changed (other tokens, a vocabulary of the same size): same counts, other ids.
+    other = ([s[::-1].copy() for s in train[0]], train[1])
+    assert [len(s) for s in other[0]] == [len(s) for s in train[0]]
+    assert fit(params, 40, other, valid, torch.device("cpu"), tmp_path / "r.pt")["resumed_at"] == 0
+    assert "ignoring" in capsys.readouterr().out
+    with pytest.raises(Interrupt):
+        fit(params, 40, train, valid, torch.device("cpu"), tmp_path / "r.pt", log=stop_in_epoch_2)
+    assert fit(params, 40, train, valid, torch.device("cpu"), tmp_path / "r.pt")["resumed_at"] == 1  # same data: resumed
+
+
 def test_curves_of_a_resumed_run_equal_an_uninterrupted_runs_and_a_failed_run_keeps_the_old(tmp_path, monkeypatch):
     from pipeline import training
     from pipeline.train import curve_metrics
