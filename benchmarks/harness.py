@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import platform
 import statistics
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -31,10 +32,25 @@ def machine(malloc: str = "kept") -> dict:
     return {
         "cpu": model, "cores": os.cpu_count(), "torch": torch.__version__,
         "isa": sorted(flags & {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}),
+        "caches": caches(),
         "torch_threads": torch.get_num_threads(), "malloc": "kept" if kept else "default",
         "env": {k: os.environ.get(k) for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS", "MKL_CBWR", "MKL_DYNAMIC")},
         "loadavg_before": [round(x, 2) for x in os.getloadavg()],
     }
+
+
+def caches() -> dict[str, str]:
+    """Cache sizes as the OS reports them ({"L1d": "48K", "L2": "2048K", ...}). A VM that names its
+    CPU only "Intel(R) Xeon(R) Processor" and shows the same flags on two days may still be another
+    generation, and the full-data classifier's bits differed between two such days."""
+    out = {}
+    for d in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            level, kind, size = ((d / f).read_text().strip() for f in ("level", "type", "size"))
+        except OSError:
+            continue
+        out[f"L{level}" + {"Data": "d", "Instruction": "i"}.get(kind, "")] = size
+    return out
 
 
 def interleave(arms: dict[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:
