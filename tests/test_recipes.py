@@ -21,7 +21,7 @@ def flat(d: dict, prefix: str = "") -> dict:
 
 
 def test_the_recipes_are_the_documented_ones():
-    assert RECIPES == ["full", "full-lm", "rating", "sample"]
+    assert RECIPES == ["full", "full-fast", "full-lm", "rating", "sample"]
 
 
 def test_params_yaml_is_what_dvc_exp_run_composes():
