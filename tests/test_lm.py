@@ -77,25 +77,34 @@ class Interrupt(Exception):
     pass
 
 
-def test_resume_mid_epoch_matches_an_uninterrupted_run(tmp_path):
-    params = dataclasses.replace(
+def toy_params():
+    return dataclasses.replace(
         load_params("train_lm", path=ROOT / "params.yaml")["train_lm"],
         embed_dim=8, hidden=8, layers=2, cutoffs=[20], batch_size=4, eval_batch_size=4, bptt=10, epochs=2,
         eval_every=7, threads=1, weight_drop=0.2, lr=0.01, token_budget=0, warmup=0.1,
     )
+
+
+def stop_at_check(n: int):
+    """A curve logger that interrupts the run at its n-th perplexity check."""
+    seen = []
+
+    def log(row):
+        seen.append(row)
+        if len(seen) == n:
+            raise Interrupt
+
+    return log
+
+
+def test_resume_mid_epoch_matches_an_uninterrupted_run(tmp_path):
+    params = toy_params()
     torch.set_num_threads(1)
     train, valid = toy_stream(120, 0), toy_stream(20, 1)
     full = fit_lm(params, 54, train, valid, torch.device("cpu"), tmp_path / "a.pt")
 
-    seen = []
-
-    def stop_at_third_check(row):
-        seen.append(row)
-        if len(seen) == 3:
-            raise Interrupt
-
     with pytest.raises(Interrupt):
-        fit_lm(params, 54, train, valid, torch.device("cpu"), tmp_path / "b.pt", log=stop_at_third_check)
+        fit_lm(params, 54, train, valid, torch.device("cpu"), tmp_path / "b.pt", log=stop_at_check(3))
     saved = torch.load(tmp_path / "b.pt", weights_only=True)
     assert saved["state"]["step"] > 0 and saved["state"]["hidden"] is not None  # stopped inside an epoch
     resumed = fit_lm(params, 54, train, valid, torch.device("cpu"), tmp_path / "b.pt")
@@ -109,22 +118,11 @@ def test_resume_mid_epoch_matches_an_uninterrupted_run(tmp_path):
 
 
 def test_a_resume_file_of_another_stream_with_the_same_length_is_ignored(tmp_path):
-    params = dataclasses.replace(
-        load_params("train_lm", path=ROOT / "params.yaml")["train_lm"],
-        embed_dim=8, hidden=8, layers=1, cutoffs=[20], batch_size=4, eval_batch_size=4, bptt=10, epochs=1,
-        eval_every=5, threads=1, weight_drop=0.0, lr=0.01, token_budget=0, warmup=0.0,
-    )
+    params = toy_params()
     torch.set_num_threads(1)
     train, valid = toy_stream(60, 0), toy_stream(10, 1)
-    seen = []
-
-    def stop_at_second_check(row):
-        seen.append(row)
-        if len(seen) == 2:
-            raise Interrupt
-
     with pytest.raises(Interrupt):
-        fit_lm(params, 54, train, valid, torch.device("cpu"), tmp_path / "r.pt", log=stop_at_second_check)
+        fit_lm(params, 54, train, valid, torch.device("cpu"), tmp_path / "r.pt", log=stop_at_check(2))
     assert torch.load(tmp_path / "r.pt", weights_only=True)["state"]["global_step"] > 0
     other = train[::-1].copy()  # the same length and tokens, another order
     assert fit_lm(params, 54, other, valid, torch.device("cpu"), tmp_path / "r.pt")["resumed_at"] == 0
