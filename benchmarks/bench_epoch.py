@@ -3,6 +3,7 @@ by batch over the first --batches batches of epoch 1, in two passes over the sam
 
     python -m benchmarks.bench_epoch --batches 60 --malloc default    # glibc's malloc as it comes
     python -m benchmarks.bench_epoch --batches 60                     # as the training stages set it
+    python -m benchmarks.bench_epoch --batches 60 --pad-multiple 16   # batch lengths rounded up: fewer shapes
 
 The first pass is what an epoch does (each new padded length is a new shape for oneDNN's LSTM and
 new buffer sizes for malloc); the second repeats the same batches, as bench_train's timed rounds do after
@@ -29,13 +30,14 @@ from pipeline.train import run_epoch
 LENGTH_BINS = (0, 150, 300, 500, 10_000)
 
 
-def timed_pass(model, seqs, labels, batches, opt, sched, precision) -> list[tuple[int, int, float]]:
+def timed_pass(model, seqs, labels, batches, opt, sched, precision, pad_multiple) -> list[tuple[int, int, float]]:
     """(padded length, real tokens, seconds) of each batch: forward + backward + step."""
     out = []
     for b in batches:
         t0 = time.perf_counter()
-        _, _, tokens = run_epoch(model, seqs, labels, [b], torch.device("cpu"), opt, sched, precision=precision)
-        out.append((max(len(seqs[i]) for i in b), tokens, time.perf_counter() - t0))
+        _, _, tokens = run_epoch(model, seqs, labels, [b], torch.device("cpu"), opt, sched, precision=precision,
+                                  pad_multiple=pad_multiple)
+        out.append((-(-max(len(seqs[i]) for i in b) // pad_multiple) * pad_multiple, tokens, time.perf_counter() - t0))
     return out
 
 
@@ -52,6 +54,7 @@ def main() -> None:
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     ap.add_argument("--malloc", default="kept", choices=["kept", "default"],
                     help="kept: glibc malloc set as the training stages set it; default: glibc's own")
+    ap.add_argument("--pad-multiple", type=int, default=1, help="round each batch's length up to a multiple of this")
     args = ap.parse_args()
 
     p = load_params("train")["train"]
@@ -69,8 +72,9 @@ def main() -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=p.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
 
-    first = timed_pass(model, seqs, labels, batches, opt, sched, args.precision)
-    second = timed_pass(model, seqs, labels, batches, opt, sched, args.precision)
+    record["pad_multiple"] = args.pad_multiple
+    first = timed_pass(model, seqs, labels, batches, opt, sched, args.precision, args.pad_multiple)
+    second = timed_pass(model, seqs, labels, batches, opt, sched, args.precision, args.pad_multiple)
     seen: set[int] = set()
     new, repeated = [], []
     for row in first:

@@ -89,12 +89,17 @@ def padded_fraction(lengths: np.ndarray, batches: list[np.ndarray]) -> float:
     return 1.0 - float(sum(int(lengths[b].sum()) for b in batches)) / max(slots, 1)
 
 
-def collate(seqs: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded (batch, time) ids and their lengths. Empty reviews become one <pad>: length 0 is masked."""
+def collate(seqs: list[np.ndarray], multiple: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded (batch, time) ids and their lengths. Empty reviews become one <pad>: length 0 is masked.
+
+    `multiple` rounds the time axis up, for fewer distinct batch shapes (the model masks padding
+    either way); on this CPU it bought neither speed nor much memory (benchmarks/bench_epoch.py
+    --pad-multiple, docs/benchmarks.md), so the stages leave it at 1."""
     import torch
 
     lengths = np.array([len(s) for s in seqs], dtype=np.int64)
-    out = np.full((len(seqs), max(int(lengths.max()), 1)), PAD_ID, dtype=np.int64)
+    steps = -(-max(int(lengths.max()), 1) // multiple) * multiple
+    out = np.full((len(seqs), steps), PAD_ID, dtype=np.int64)
     for i, s in enumerate(seqs):
         out[i, : len(s)] = s
     return torch.from_numpy(out), torch.from_numpy(lengths)

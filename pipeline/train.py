@@ -32,7 +32,7 @@ from pipeline.training import autocast
 
 
 def run_epoch(model, seqs, labels, batches, device, optimizer=None, scheduler=None, clip=0.0, scaler=None,
-              precision="auto"):
+              precision="auto", pad_multiple=1):
     """One pass over `batches`; trains when an optimizer is given. Returns (mean loss, accuracy, tokens).
 
     Under torchrun each rank runs its share of every global batch; the results are summed over ranks.
@@ -44,7 +44,7 @@ def run_epoch(model, seqs, labels, batches, device, optimizer=None, scheduler=No
     with torch.set_grad_enabled(optimizer is not None):
         for b in batches:
             b, weight = distributed.shard(b)  # this rank's reviews; weight * summed loss -> global mean
-            ids, lengths = data.collate([seqs[i] for i in b])
+            ids, lengths = data.collate([seqs[i] for i in b], pad_multiple)
             y = data.to_device(torch.from_numpy(labels[b].astype(np.float32 if binary else np.int64)), device)
             with autocast(device, precision):
                 logits = model(data.to_device(ids, device), data.to_device(lengths, device)).float()

@@ -42,6 +42,23 @@ def test_prediction_does_not_depend_on_padding(bidirectional, layers, pooling):
     torch.testing.assert_close(together[0], alone[0], rtol=1e-5, atol=1e-6)
 
 
+def test_padding_to_a_multiple_changes_the_batch_shape_but_not_the_loss_or_gradients():
+    seqs = [np.arange(1, 6), np.arange(3, 14), np.array([], dtype=np.int64)]
+    ids, lengths = data.collate(seqs)
+    ids16, lengths16 = data.collate(seqs, 16)
+    assert ids.shape == (3, 11) and ids16.shape == (3, 16)
+    assert torch.equal(lengths16, lengths) and torch.equal(ids16[:, :11], ids)
+    assert (ids16[:, 11:] == data.PAD_ID).all()
+    grads = []
+    for x, n in ((ids, lengths), (ids16, lengths16)):
+        torch.manual_seed(0)
+        model = Classifier(50, 8, 6, 2, True, 0.0, pooling="concat")
+        model(x, n).square().sum().backward()
+        grads.append([p.grad for p in model.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("pooling", ["maxmean", "concat"])
 def test_empty_review_gives_a_finite_logit(pooling):
     model = Classifier(50, 8, 6, 1, True, 0.0, pooling=pooling).eval()
