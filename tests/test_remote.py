@@ -23,7 +23,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from conftest import make_repo, run
+from conftest import env, make_repo, run
 
 boto3 = pytest.importorskip("boto3", reason="the S3 tests need the dev extra: pip install -e '.[dev]'")
 pytest.importorskip("dvc_s3", reason="the S3 tests need dvc-s3: pip install -e '.[dev]'")
@@ -168,7 +168,13 @@ def grid(alice):
     repo = alice.repo
     queued = run(["dvc", "exp", "run", "--queue", "-S", f"train.lr={','.join(GRID)}"], repo)
     assert queued.stdout.count("Queued experiment") == len(GRID), queued.stdout
-    run(["dvc", "queue", "start", "-j", "1"], repo)
+    # The worker `queue start` leaves behind inherits its stdout: a captured pipe would stay open,
+    # and the test hang, for as long as the worker lives. Its output goes to a file instead.
+    with open(alice.base / "queue-start.log", "w+") as log:
+        started = subprocess.run(["dvc", "queue", "start", "-j", "1"], cwd=repo, env=env(), stdout=log,
+                                 stderr=subprocess.STDOUT)
+        log.seek(0)
+        assert started.returncode == 0, log.read()
     deadline = time.monotonic() + 600
     while True:
         time.sleep(5)  # each `dvc queue status` costs a second of CPU: poll gently
