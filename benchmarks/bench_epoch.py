@@ -37,7 +37,9 @@ def timed_pass(model, seqs, labels, batches, opt, sched, precision, pad_multiple
         t0 = time.perf_counter()
         _, _, tokens = run_epoch(model, seqs, labels, [b], torch.device("cpu"), opt, sched, precision=precision,
                                   pad_multiple=pad_multiple)
-        out.append((-(-max(len(seqs[i]) for i in b) // pad_multiple) * pad_multiple, tokens, time.perf_counter() - t0))
+        seconds = time.perf_counter() - t0
+        padded = data.collate([seqs[i] for i in b], pad_multiple)[0].size(1)  # the step's length, as collate made it
+        out.append((padded, tokens, seconds))
     return out
 
 
