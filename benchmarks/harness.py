@@ -34,7 +34,8 @@ def machine(malloc: str = "kept") -> dict:
         "isa": sorted(flags & {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}),
         "caches": caches(),
         "torch_threads": torch.get_num_threads(), "malloc": "kept" if kept else "default",
-        "env": {k: os.environ.get(k) for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS", "MKL_CBWR", "MKL_DYNAMIC")},
+        "env": {k: os.environ.get(k) for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS", "MKL_CBWR", "MKL_DYNAMIC",
+                                                "THP_MEM_ALLOC_ENABLE", "GLIBC_TUNABLES")},
         "loadavg_before": [round(x, 2) for x in os.getloadavg()],
     }
 

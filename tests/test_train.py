@@ -103,9 +103,16 @@ print(default, kept, faults(10))
 """
 
 
+def malloc_env() -> dict[str, str]:
+    """glibc's malloc as it comes, and 4 KB pages: the page counts below are of those."""
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    env["THP_MEM_ALLOC_ENABLE"] = "0"
+    return env
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
 def test_training_keeps_freed_buffers_instead_of_faulting_them_in_every_step():
-    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    env = malloc_env()
     out = subprocess.run([sys.executable, "-c", CHURN], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
     default, kept, after = out.stdout.split()
     pages = 64 * 800 * 512 * 4 // 4096
@@ -137,7 +144,7 @@ print(resident() - start)
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
 def test_a_kept_heap_gives_back_the_holes_a_growing_length_leaves():
-    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    env = malloc_env()
     buffer = 12_500_000 * 4  # 50 MB
 
     def growth(every: int) -> int:
@@ -147,6 +154,35 @@ def test_a_kept_heap_gives_back_the_holes_a_growing_length_leaves():
 
     assert growth(1000) > 6 * buffer  # never trimmed: every hole stays resident
     assert growth(1) < 3 * buffer  # trimmed each step: the holes' pages go back
+
+
+HUGE = """
+import pipeline  # first, as `python -m pipeline.<stage>` does: torch reads the setting at its first allocation
+import torch
+
+x = torch.ones(4 << 20)  # 16 MB
+addr, inside = x.data_ptr(), False
+for line in open("/proc/self/smaps"):
+    if not line[0].isupper():  # a mapping's first line: start-end perms ...
+        start, end = (int(a, 16) for a in line.split()[0].split("-"))
+        inside = start <= addr < end
+    elif inside and line.startswith("VmFlags:"):
+        print(line.split(":", 1)[1])
+"""
+
+
+@pytest.mark.skipif(not Path("/sys/kernel/mm/transparent_hugepage").exists(), reason="Linux with THP")
+def test_big_tensors_ask_for_huge_pages_unless_turned_off():
+    def vm_flags(setting: str | None) -> list[str]:
+        env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+        if setting is not None:
+            env["THP_MEM_ALLOC_ENABLE"] = setting
+        out = subprocess.run([sys.executable, "-c", HUGE], cwd=ROOT, env=env, capture_output=True, text=True,
+                             check=True)
+        return out.stdout.split()
+
+    assert "hg" in vm_flags(None)  # madvise(MADV_HUGEPAGE) on the tensor's pages
+    assert "hg" not in vm_flags("0")
 
 
 def test_truncate_keeps_head_and_tail():
