@@ -140,7 +140,8 @@ def diff_section(inputs: dict) -> list[tuple]:
         if old is not None or new is not None:
             rows += diff_rows(path, old, new)
             unchanged += sum(r[2] == r[3] for r in diff_rows(path, old, new, all_rows=True))
-    blocks.append(("p", f"Metrics against HEAD (`{commit}`), as `dvc metrics diff --md` shows them; "
+    # HEAD's hash stays out: it would make the report's bytes differ in every commit's fresh clone.
+    blocks.append(("p", "Metrics against HEAD, as `dvc metrics diff --md` shows them; "
                    f"{unchanged} unchanged not shown."))
     blocks.append(("table", ["Path", "Metric", "HEAD", "workspace", "Change"], rows) if rows else ("p", "No metric changed."))
     if inputs.get("previous_params") is None:
