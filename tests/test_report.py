@@ -175,6 +175,15 @@ def test_build_report_escapes_text_and_shows_samples_only_when_present():
     assert "## Generated samples" in md and "| the film | was great |" in md and "third" not in md
 
 
+def test_the_diff_section_does_not_depend_on_which_commit_head_is():
+    metrics = {"metrics/evaluate.json": {"accuracy": 0.7}}
+    at = {c: report.diff_section({"commit": c, "previous": metrics, "current": metrics,
+                                  "previous_params": {"train": {"lr": 0.002}}, "params": {"train": {"lr": 0.002}}})
+          for c in ("4856cff", "2b28d76")}
+    assert at["4856cff"] == at["2b28d76"]  # a fresh clone of a later commit rebuilds the same bytes
+    assert "No metric changed." in markup.to_markdown(at["4856cff"], "plots")
+
+
 def test_the_lm_perplexity_curve_is_drawn_from_two_checks_on():
     _, svgs = report.build_report(minimal_inputs(lm_curve=[(1.0, 600.0)]), PARAMS)
     assert "lm_ppl.svg" not in svgs
